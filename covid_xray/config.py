@@ -1,0 +1,145 @@
+"""Single source of truth: class names, image size, preprocessing modes, paths, model registry.
+
+Nothing else in the project hard-codes these values; import them from here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# ---------------------------------------------------------------------------
+# Classes, exactly as the dataset's folder names (and in this fixed order).
+# ---------------------------------------------------------------------------
+CLASS_NAMES: tuple[str, ...] = ("Covid", "Normal", "Viral Pneumonia")
+NUM_CLASSES = len(CLASS_NAMES)
+# Human-friendly names for the UI; keys are CLASS_NAMES.
+CLASS_DISPLAY_NAMES = {"Covid": "COVID-19", "Normal": "Normal", "Viral Pneumonia": "Viral Pneumonia"}
+
+SPLITS: tuple[str, ...] = ("train", "test")
+
+# Both models see 224x224 RGB, as in the paper.
+IMAGE_SIZE = 224
+INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
+
+# ImageNet statistics (CheXNet was trained on ImageNet-normalised input).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Experimental protocols. "default": model selected on a validation split of train;
+# "paper": the paper's protocol, which used the test split as validation (optimistic).
+PROTOCOLS = ("default", "paper")
+
+# ---------------------------------------------------------------------------
+# Input limits (settings with sensible defaults; env vars override).
+# ---------------------------------------------------------------------------
+MAX_UPLOAD_BYTES = int(os.environ.get("COVID_XRAY_MAX_UPLOAD_BYTES", 50 * 1024 * 1024))
+MAX_IMAGE_PIXELS = int(os.environ.get("COVID_XRAY_MAX_PIXELS", 50_000_000))
+MIN_IMAGE_SIDE = 32
+
+# ---------------------------------------------------------------------------
+# Paths.
+# ---------------------------------------------------------------------------
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT_DIR = PROJECT_ROOT / "checkpoints"
+REPORTS_DIR = PROJECT_ROOT / "reports"
+CHECKPOINT_DIR_ENV_VAR = "COVID_XRAY_CHECKPOINT_DIR"
+REPORTS_DIR_ENV_VAR = "COVID_XRAY_REPORTS_DIR"
+EXAMPLES_FILE = PROJECT_ROOT / "examples" / "examples.csv"
+DATA_ENV_VAR = "COVID_XRAY_DATA"
+# Where `python -m covid_xray.data download` puts the dataset.
+DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "Covid19-dataset"
+KAGGLE_DATASET = "pranavraikokte/covid19-image-dataset"
+
+CHEXNET_WEIGHTS_ENV_VAR = "COVID_XRAY_CHEXNET_WEIGHTS"
+DEFAULT_CHEXNET_WEIGHTS = CHECKPOINT_DIR / "chexnet_base.h5"
+# The public Keras port of CheXNet (brucechou1983/CheXNet-Keras, release 0.3.0).
+CHEXNET_WEIGHTS_FILENAME = "brucechou1983_CheXNet_Keras_0.3.0_weights.h5"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """Return the dataset root: explicit argument, else $COVID_XRAY_DATA, else the download location."""
+    if data_dir:
+        return Path(data_dir).expanduser().resolve()
+    env = os.environ.get(DATA_ENV_VAR)
+    if env:
+        return Path(env).expanduser().resolve()
+    return DEFAULT_DATA_DIR
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike | None = None) -> Path:
+    """Checkpoint folder: argument, else $COVID_XRAY_CHECKPOINT_DIR, else the committed checkpoints/."""
+    return Path(path or os.environ.get(CHECKPOINT_DIR_ENV_VAR) or CHECKPOINT_DIR).expanduser().resolve()
+
+
+def resolve_reports_dir(path: str | os.PathLike | None = None) -> Path:
+    """Evaluation outputs folder: argument, else $COVID_XRAY_REPORTS_DIR, else the committed reports/."""
+    return Path(path or os.environ.get(REPORTS_DIR_ENV_VAR) or REPORTS_DIR).expanduser().resolve()
+
+
+def resolve_chexnet_weights(path: str | os.PathLike | None = None) -> Path:
+    """Return the CheXNet base weights path: argument, else $COVID_XRAY_CHEXNET_WEIGHTS, else checkpoints/."""
+    if path:
+        return Path(path).expanduser().resolve()
+    env = os.environ.get(CHEXNET_WEIGHTS_ENV_VAR)
+    if env:
+        return Path(env).expanduser().resolve()
+    return DEFAULT_CHEXNET_WEIGHTS
+
+
+# ---------------------------------------------------------------------------
+# Model registry: one entry per model carries everything model-specific.
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the rest of the code needs to know about one model."""
+
+    name: str
+    display_name: str
+    # Preprocessing mode per protocol: "unit" (/255) or "imagenet" (/255, then mean/std).
+    preprocessing: dict
+    # Last convolutional block, the Grad-CAM target layer.
+    gradcam_layer: str
+    # Paper's reported official-test accuracy (initial training, selected on test).
+    paper_accuracy: float
+
+    def checkpoint_path(self, checkpoint_dir: str | os.PathLike | None = None) -> Path:
+        """The model's `.keras` file (its JSON sidecar has the same stem)."""
+        return resolve_checkpoint_dir(checkpoint_dir) / f"{self.name}.keras"
+
+    def report_dir(self, reports_dir: str | os.PathLike | None = None) -> Path:
+        """Folder of the model's evaluation outputs (metrics.json, predictions.csv, plots)."""
+        return resolve_reports_dir(reports_dir) / self.name
+
+    def preprocessing_for(self, protocol: str = "default") -> str:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"Unknown protocol {protocol!r}; expected one of {PROTOCOLS}.")
+        return self.preprocessing[protocol]
+
+
+MODELS: dict[str, ModelSpec] = {
+    "davidnet": ModelSpec(
+        name="davidnet",
+        display_name="DavidNet",
+        preprocessing={"default": "unit", "paper": "unit"},
+        gradcam_layer="conv3",
+        paper_accuracy=0.95,
+    ),
+    "chexnet": ModelSpec(
+        name="chexnet",
+        display_name="CheXNet",
+        preprocessing={"default": "imagenet", "paper": "unit"},
+        # DenseNet121's last activation before pooling (end of dense block 4).
+        gradcam_layer="relu",
+        paper_accuracy=0.78,
+    ),
+}
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """Look a model up by name, with a helpful error."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"Unknown model {name!r}; expected one of {sorted(MODELS)}.") from None
