@@ -1,0 +1,756 @@
+"""Dataset discovery, manifest hash, leakage-aware splits, cached arrays, tf.data pipelines,
+the leakage audit and the download CLI.
+
+Layout on disk (the Kaggle "Covid-19 Image Dataset"):
+
+    <root>/{train,test}/{Covid,Normal,Viral Pneumonia}/<image>
+
+The root comes from `config.resolve_data_dir()` (argument, else $COVID_XRAY_DATA, else the
+download location); a folder one level above the root (what `kagglehub` returns) also works.
+
+Command line:
+
+    python -m covid_xray.data download [--dest D] [--link]
+    python -m covid_xray.data info [--data-dir D]
+    python -m covid_xray.data audit [--data-dir D] [--out F] [--threshold N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covid_xray import config, imaging, preprocessing
+from covid_xray.config import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, SPLITS
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------
+# Configurable parameters.
+# ---------------------------------------------------------------------------
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm"})
+# Two images whose 64-bit perceptual hashes differ in at most this many bits are treated as
+# the same radiograph (re-encoded, re-scaled or slightly re-cropped). 6 is the threshold used
+# to measure the dataset's documented defects (27 pairs, 11 across train/test).
+NEAR_DUPLICATE_THRESHOLD = 6
+PHASH_SIZE = 8
+# JPEG draft decoding may shrink big scans on load, but never below twice the model input.
+DECODE_DRAFT_SIZE = IMAGE_SIZE * 2
+AUDIT_FILENAME = "audit.json"
+DOWNLOAD_COMMAND = "python -m covid_xray.data download"
+DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset folder is missing or does not have the expected layout."""
+
+
+class DownloadError(RuntimeError):
+    """The dataset could not be downloaded (missing client, failed download, bad destination)."""
+
+
+def _not_found(message: str) -> DatasetNotFoundError:
+    return DatasetNotFoundError(
+        f"{message}\nGet the dataset with `{DOWNLOAD_COMMAND}` (needs `pip install kagglehub` "
+        f"and Kaggle access), or point {config.DATA_ENV_VAR} at a folder laid out as "
+        f"<root>/{{train,test}}/{{{','.join(CLASS_NAMES)}}}/<images>, e.g.\n"
+        f"    export {config.DATA_ENV_VAR}=/path/to/Covid19-dataset"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Discovery.
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sample:
+    """One image file of the dataset, with its split and (folder) label."""
+
+    path: Path
+    split: str
+    label: str
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"Unknown split {self.split!r}; expected one of {SPLITS}.")
+        if self.label not in CLASS_NAMES:
+            raise ValueError(f"Unknown label {self.label!r}; expected one of {CLASS_NAMES}.")
+
+    @property
+    def relpath(self) -> str:
+        """Dataset-relative POSIX path, e.g. `test/Covid/0100.jpeg` (the key used in reports)."""
+        return f"{self.split}/{self.label}/{self.path.name}"
+
+    @property
+    def label_index(self) -> int:
+        """Index of the label in `CLASS_NAMES` (the model's output order)."""
+        return CLASS_NAMES.index(self.label)
+
+
+def _sort_key(sample: Sample) -> tuple[int, int, str]:
+    return SPLITS.index(sample.split), sample.label_index, sample.path.name
+
+
+def _looks_like_root(path: Path) -> bool:
+    return any((path / split).is_dir() for split in SPLITS)
+
+
+def find_dataset_root(path: str | os.PathLike) -> Path:
+    """Return the folder holding `train/` and `test/`: `path` itself or one level below it.
+
+    `kagglehub.dataset_download` returns a folder that contains `Covid19-dataset/`, so one
+    level of descent is accepted.
+
+    Raises:
+        DatasetNotFoundError: no split folder at `path` nor in exactly one of its subfolders.
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise _not_found(f"Dataset folder {path} does not exist.")
+    if _looks_like_root(path):
+        return path
+    candidates = sorted(c for c in path.iterdir() if c.is_dir() and _looks_like_root(c))
+    if len(candidates) == 1:
+        return candidates[0]
+    if len(candidates) > 1:
+        names = ", ".join(c.name for c in candidates)
+        raise _not_found(f"{path} holds several datasets ({names}); point to one of them.")
+    raise _not_found(f"No {'/'.join(SPLITS)} folders in {path} or its subfolders.")
+
+
+def list_samples(data_dir: str | os.PathLike | None = None, split: str | None = None) -> list[Sample]:
+    """List the dataset's images, sorted by split, class order, then file name.
+
+    Args:
+        data_dir: dataset root (or the folder above it); default `config.resolve_data_dir()`.
+        split: "train" or "test"; default both.
+
+    Raises:
+        DatasetNotFoundError: the folder, a split folder or a class folder is missing or empty.
+        ValueError: unknown split name.
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+    root = find_dataset_root(config.resolve_data_dir(data_dir))
+    samples: list[Sample] = []
+    for split_name in [split] if split else SPLITS:
+        split_dir = root / split_name
+        if not split_dir.is_dir():
+            raise _not_found(f"Missing split folder {split_dir}.")
+        for label in CLASS_NAMES:
+            class_dir = split_dir / label
+            if not class_dir.is_dir():
+                raise _not_found(f"Missing class folder {class_dir}.")
+            files = [
+                p
+                for p in class_dir.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+            ]
+            if not files:
+                raise _not_found(f"No images in {class_dir}.")
+            samples.extend(Sample(p, split_name, label) for p in files)
+    return sorted(samples, key=_sort_key)
+
+
+# ---------------------------------------------------------------------------
+# Per-file caches, keyed by (path, mtime, size) so an edited file is re-read.
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Decoded:
+    image: np.ndarray  # IMAGE_SIZE x IMAGE_SIZE x 3 uint8, read-only
+    phash: int  # 64-bit perceptual hash of the full decoded image (grayscale)
+
+
+_CacheKey = tuple[str, int, int]
+_sha_cache: dict[_CacheKey, str] = {}
+_decode_cache: dict[_CacheKey, _Decoded] = {}
+_cache_lock = threading.Lock()
+
+
+def _cache_key(path: Path) -> _CacheKey:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
+
+
+def clear_cache() -> None:
+    """Forget every cached hash and decoded image (tests and long-lived processes)."""
+    with _cache_lock:
+        _sha_cache.clear()
+        _decode_cache.clear()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (cached per path, mtime and size)."""
+    path = Path(path)
+    key = _cache_key(path)
+    cached = _sha_cache.get(key)
+    if cached is None:
+        cached = hashlib.sha256(path.read_bytes()).hexdigest()
+        with _cache_lock:
+            _sha_cache[key] = cached
+    return cached
+
+
+def _phash(rgb: np.ndarray) -> int:
+    import imagehash
+    from PIL import Image
+
+    # Perceptual hash of the luminance: X-rays are grey, so colour channels add nothing, and
+    # the DCT's low frequencies survive re-encoding, rescaling and small crops.
+    bits = imagehash.phash(Image.fromarray(rgb).convert("L"), hash_size=PHASH_SIZE).hash
+    return int("".join("1" if b else "0" for b in bits.flatten()), 2)
+
+
+def _decode(path: Path) -> _Decoded:
+    key = _cache_key(path)
+    cached = _decode_cache.get(key)
+    if cached is not None:
+        return cached
+    try:
+        rgb = imaging.load_image(path, draft_size=DECODE_DRAFT_SIZE)
+    except imaging.ImageDecodeError as exc:
+        raise imaging.ImageDecodeError(f"{path}: {exc}", getattr(exc, "reason", "not_an_image")) from exc
+    image = preprocessing.resize_for_model(rgb)
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    image.setflags(write=False)  # the cache hands out this array: nobody may modify it
+    decoded = _Decoded(image=image, phash=_phash(rgb))
+    with _cache_lock:
+        _decode_cache[key] = decoded
+    return decoded
+
+
+def _decode_all(samples: Sequence[Sample]) -> list[_Decoded]:
+    # PIL and OpenCV release the GIL while decoding/resizing, so threads overlap the work.
+    paths = [s.path for s in samples]
+    if len(paths) <= 1 or DECODE_WORKERS == 1:
+        return [_decode(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
+        return list(pool.map(_decode, paths))
+
+
+def dataset_manifest_hash(samples: Iterable[Sample]) -> str:
+    """SHA-256 over the sorted lines `<relpath>\\t<file sha256>`: identifies the exact data used."""
+    lines = sorted(f"{s.relpath}\t{file_sha256(s.path)}\n" for s in samples)
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Duplicates (shared by the split and the audit).
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DuplicatePair:
+    """Two files showing the same radiograph; `a` < `b` as relpaths."""
+
+    a: str
+    b: str
+    distance: int  # Hamming distance between the perceptual hashes
+    exact: bool  # byte-identical files
+
+    @property
+    def scope(self) -> str:
+        """The split holding both files ("train" or "test"), or "train/test" for a leak."""
+        split_a, split_b = self.a.split("/", 1)[0], self.b.split("/", 1)[0]
+        return split_a if split_a == split_b else "train/test"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "distance": self.distance, "exact": self.exact, "scope": self.scope}
+
+
+def _find_pairs(samples: Sequence[Sample], near_threshold: int) -> list[tuple[int, int, int, bool]]:
+    """Index pairs (i < j, distance, exact) that are byte-identical or within the phash threshold."""
+    if near_threshold < 0:
+        raise ValueError(f"near_threshold must be >= 0, got {near_threshold}.")
+    decoded = _decode_all(samples)
+    shas = [file_sha256(s.path) for s in samples]
+    hashes = np.array([d.phash for d in decoded], dtype=np.uint64)
+    # Byte-identical files decode alike (distance 0), so every exact pair is found here too.
+    pairs = []
+    for i in range(len(samples) - 1):
+        # XOR then popcount = Hamming distance to every later image, one row at a time.
+        distances = np.bitwise_count(hashes[i + 1 :] ^ hashes[i])
+        for offset in np.flatnonzero(distances <= near_threshold):
+            j = i + 1 + int(offset)
+            pairs.append((i, j, int(distances[offset]), shas[i] == shas[j]))
+    return pairs
+
+
+def duplicate_groups(
+    samples: Sequence[Sample], near_threshold: int = NEAR_DUPLICATE_THRESHOLD
+) -> list[list[Sample]]:
+    """Group samples connected by exact or near duplicates (transitively); singletons included.
+
+    Groups keep the input order, and are ordered by their first member.
+    """
+    parent = list(range(len(samples)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j, _, _ in _find_pairs(samples, near_threshold):
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[Sample]] = {}
+    for i, sample in enumerate(samples):
+        groups.setdefault(find(i), []).append(sample)
+    return list(groups.values())
+
+
+# ---------------------------------------------------------------------------
+# Splits.
+# ---------------------------------------------------------------------------
+def split_train_validation(
+    samples: Sequence[Sample],
+    val_fraction: float = 0.2,
+    seed: int = 42,
+    *,
+    near_threshold: int = NEAR_DUPLICATE_THRESHOLD,
+) -> tuple[list[Sample], list[Sample]]:
+    """Stratified, deterministic, duplicate-aware train/validation split.
+
+    Exact and near duplicates (see `duplicate_groups`) are kept on the same side: the train
+    split holds the same radiograph several times, and a copy in both halves would let the
+    model be validated on images it was trained on (an optimistic validation score and a
+    wrong early-stopping epoch). Groups are split with sklearn's `train_test_split`,
+    stratified by each group's majority label, so `val_fraction` counts groups (nearly all
+    groups are single images).
+
+    Returns:
+        (train, val), each in the input order.
+
+    Raises:
+        ValueError: bad `val_fraction`, or too few images per class to stratify.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
+    samples = list(samples)
+    groups = duplicate_groups(samples, near_threshold)
+    # A group's label is its most common label (ties: the first in CLASS_NAMES order).
+    group_labels = [
+        min(Counter(s.label_index for s in g).items(), key=lambda kv: (-kv[1], kv[0]))[0] for g in groups
+    ]
+    try:
+        train_idx, val_idx = train_test_split(
+            np.arange(len(groups)), test_size=val_fraction, random_state=seed, stratify=group_labels
+        )
+    except ValueError as exc:
+        counts = Counter(CLASS_NAMES[i] for i in group_labels)
+        raise ValueError(
+            f"Cannot make a stratified {val_fraction:.0%} validation split of {len(samples)} images "
+            f"({len(groups)} duplicate groups per class: {dict(counts)}): {exc}"
+        ) from exc
+    position = {id(s): k for k, s in enumerate(samples)}
+    train = sorted((s for i in train_idx for s in groups[i]), key=lambda s: position[id(s)])
+    val = sorted((s for i in val_idx for s in groups[i]), key=lambda s: position[id(s)])
+    return train, val
+
+
+def make_splits(
+    data_dir: str | os.PathLike | None = None,
+    protocol: str = "default",
+    val_fraction: float = 0.2,
+    seed: int = 42,
+) -> dict[str, list[Sample]]:
+    """Return {"train", "val", "test"} sample lists for an experimental protocol.
+
+    - "default": val is a stratified, duplicate-aware split of the train folder; test is
+      untouched until the final evaluation.
+    - "paper": the paper's protocol: train is the whole train folder and val *is* the test
+      folder (model selection on test: its scores are optimistic, reported as such).
+    """
+    if protocol not in config.PROTOCOLS:
+        raise ValueError(f"Unknown protocol {protocol!r}; expected one of {config.PROTOCOLS}.")
+    train_all = list_samples(data_dir, "train")
+    test = list_samples(data_dir, "test")
+    if protocol == "paper":
+        return {"train": train_all, "val": list(test), "test": test}
+    train, val = split_train_validation(train_all, val_fraction=val_fraction, seed=seed)
+    return {"train": train, "val": val, "test": test}
+
+
+# ---------------------------------------------------------------------------
+# Arrays and tf.data.
+# ---------------------------------------------------------------------------
+def load_arrays(samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode and resize the samples (each file once per process, then cached).
+
+    Returns:
+        images: uint8 array (N, 224, 224, 3); labels: int64 array (N,) of `CLASS_NAMES` indices.
+    """
+    samples = list(samples)
+    labels = np.array([s.label_index for s in samples], dtype=np.int64)
+    if not samples:
+        return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), labels
+    images = np.stack([d.image for d in _decode_all(samples)])
+    return images, labels
+
+
+def class_weights(labels: Sequence[int] | np.ndarray) -> dict[int, float]:
+    """Balanced class weights (n_samples / (n_classes * count)), as the paper used via sklearn."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size == 0:
+        raise ValueError("Cannot compute class weights from an empty label array.")
+    classes = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=classes, y=labels)
+    return {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
+
+
+def build_augmenter(
+    zoom: float = 0.1,
+    rotation_degrees: float = 10.0,
+    shear: float = 0.1,
+    flip: bool = True,
+    seed: int | None = None,
+):
+    """The paper's augmentation (random zoom, horizontal flip, rotation, shear), built once.
+
+    Works on batches (or single images) of float values in the 0..255 range and keeps that
+    range. Empty regions are filled with black, like the dark border of a radiograph, rather
+    than mirrored anatomy. A zero strength (or `flip=False`) leaves that step out.
+
+    Args:
+        zoom: maximum zoom in/out, as a fraction of the image size.
+        rotation_degrees: maximum rotation either way, in degrees.
+        shear: maximum horizontal shear, as a fraction of the image width.
+        flip: random left-right flip (as in the paper; note it puts the heart on the right,
+            which real radiographs only show with situs inversus).
+        seed: seed of the random transformations.
+
+    Returns:
+        A `keras.Sequential` of preprocessing layers.
+    """
+    import keras
+    from keras import layers
+
+    for name, value in (("zoom", zoom), ("rotation_degrees", rotation_degrees), ("shear", shear)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}.")
+    fill = {"fill_mode": "constant", "fill_value": 0.0}
+    steps = []
+    if flip:
+        steps.append(layers.RandomFlip("horizontal", seed=seed, name="flip"))
+    if rotation_degrees:
+        # RandomRotation's factor is a fraction of a full turn.
+        steps.append(layers.RandomRotation(rotation_degrees / 360.0, seed=seed, name="rotation", **fill))
+    if zoom:
+        steps.append(layers.RandomZoom(zoom, seed=seed, name="zoom", **fill))
+    if shear:
+        steps.append(layers.RandomShear(x_factor=shear, y_factor=0.0, seed=seed, name="shear", **fill))
+    return keras.Sequential(steps, name="augmenter")
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    mode: str,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    augment: bool | Callable = False,
+    seed: int = 42,
+):
+    """A `tf.data.Dataset` of (normalised float32 images, one-hot float32 labels) batches.
+
+    Pipeline: in-memory uint8 slices > cache > seeded shuffle > batch > augmentation (on
+    0..255 floats) and normalisation (parallel map) > prefetch.
+
+    Args:
+        images: uint8 array (N, H, W, 3), e.g. from `load_arrays`.
+        labels: int array (N,) of class indices.
+        mode: preprocessing mode, "unit" or "imagenet" (`ModelSpec.preprocessing_for`).
+        batch_size: images per batch (the last batch may be smaller).
+        shuffle: reshuffle every epoch (training); evaluation keeps the file order.
+        augment: True for `build_augmenter(seed=seed)`, or an augmenter (a callable on batches
+            of 0..255 floats) to reuse; False for none.
+        seed: shuffle (and default augmenter) seed.
+    """
+    import tensorflow as tf
+
+    if mode not in preprocessing.PREPROCESSING_MODES:
+        modes = preprocessing.PREPROCESSING_MODES
+        raise ValueError(f"Unknown preprocessing mode {mode!r}; expected one of {modes}.")
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"Expected uint8 images of shape (N, H, W, 3), got {images.dtype} {images.shape}.")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"Expected {images.shape[0]} labels, got an array of shape {labels.shape}.")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise ValueError(
+            f"Labels must be class indices in 0..{NUM_CLASSES - 1}, got {labels.min()}..{labels.max()}."
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+
+    augmenter = build_augmenter(seed=seed) if augment is True else (augment or None)
+    one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[labels.astype(np.int64)]
+
+    def prepare(x, y):
+        x = tf.cast(x, tf.float32)
+        if augmenter is not None:
+            # Geometric augmentation on 0..255 values, then clip interpolation overshoot.
+            x = tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0)
+        return preprocessing.normalize(x, mode), y
+
+    ds = tf.data.Dataset.from_tensor_slices((images, one_hot)).cache()
+    if shuffle:
+        ds = ds.shuffle(max(1, len(images)), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------
+# Leakage audit.
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AuditReport:
+    """Exact and near duplicates within train, within test, and across train/test.
+
+    `near_pairs` holds every pair within the perceptual-hash threshold, byte-identical
+    pairs included (they are at distance 0); `exact_pairs` only the byte-identical ones.
+    """
+
+    num_images: dict[str, int]
+    near_threshold: int
+    manifest_hash: str
+    exact_pairs: tuple[DuplicatePair, ...] = ()
+    near_pairs: tuple[DuplicatePair, ...] = ()
+    method: str = field(
+        default=f"exact: sha256 of file bytes; near: imagehash.phash (hash_size={PHASH_SIZE}) of the "
+        "decoded grayscale image, Hamming distance <= near_threshold"
+    )
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Pair counts per kind ("exact", "near") and scope ("train", "test", "train/test", "total")."""
+        result = {}
+        for kind, pairs in (("exact", self.exact_pairs), ("near", self.near_pairs)):
+            scopes = Counter(p.scope for p in pairs)
+            result[kind] = {s: scopes.get(s, 0) for s in ("train", "test", "train/test")}
+            result[kind]["total"] = len(pairs)
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_images": dict(self.num_images),
+            "near_threshold": self.near_threshold,
+            "method": self.method,
+            "manifest_hash": self.manifest_hash,
+            "counts": self.counts(),
+            "leaked_test_files": sorted(leaked_test_files(self)),
+            "exact_pairs": [p.to_dict() for p in self.exact_pairs],
+            "near_pairs": [p.to_dict() for p in self.near_pairs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditReport:
+        def pairs(key: str) -> tuple[DuplicatePair, ...]:
+            return tuple(
+                DuplicatePair(p["a"], p["b"], int(p["distance"]), bool(p["exact"])) for p in data[key]
+            )
+
+        return cls(
+            num_images={k: int(v) for k, v in data["num_images"].items()},
+            near_threshold=int(data["near_threshold"]),
+            manifest_hash=data["manifest_hash"],
+            exact_pairs=pairs("exact_pairs"),
+            near_pairs=pairs("near_pairs"),
+            method=data.get("method", cls.method),
+        )
+
+    def to_json(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the report as indented JSON (parent folders created); return the path.
+
+        The default is `default_audit_path()`.
+        """
+        path = Path(path) if path else default_audit_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike | None = None) -> AuditReport:
+        """Read a report written by `to_json` (default `default_audit_path()`)."""
+        path = Path(path) if path else default_audit_path()
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+    def summary(self) -> str:
+        """A few lines for people."""
+        c = self.counts()
+        images = ", ".join(f"{n} {s}" for s, n in self.num_images.items())
+        lines = [
+            f"Leakage audit of {sum(self.num_images.values())} images ({images}), "
+            f"manifest {self.manifest_hash[:12]}",
+            f"  exact duplicates (same bytes):   {c['exact']['total']:3d} pairs: "
+            f"{c['exact']['train/test']} across train/test, {c['exact']['train']} within train, "
+            f"{c['exact']['test']} within test",
+            f"  near duplicates (phash <= {self.near_threshold}):  {c['near']['total']:3d} pairs: "
+            f"{c['near']['train/test']} across train/test, {c['near']['train']} within train, "
+            f"{c['near']['test']} within test (exact pairs included)",
+        ]
+        leaked = sorted(leaked_test_files(self))
+        lines.append(f"  test images with a copy in train: {len(leaked)}")
+        lines.extend(f"    {name}" for name in leaked)
+        return "\n".join(lines)
+
+
+def default_audit_path() -> Path:
+    """`<reports dir>/audit.json`; the reports dir honours $COVID_XRAY_REPORTS_DIR."""
+    return config.resolve_reports_dir() / AUDIT_FILENAME
+
+
+def audit(samples: Sequence[Sample], near_threshold: int = NEAR_DUPLICATE_THRESHOLD) -> AuditReport:
+    """Find exact (same bytes) and near (perceptual hash) duplicates among the samples."""
+    samples = sorted(samples, key=lambda s: s.relpath)
+    found = []
+    for i, j, distance, exact in _find_pairs(samples, near_threshold):
+        a, b = sorted((samples[i].relpath, samples[j].relpath))
+        found.append(DuplicatePair(a, b, distance, exact))
+    found.sort(key=lambda p: (p.a, p.b))
+    return AuditReport(
+        num_images={s: n for s in SPLITS if (n := sum(x.split == s for x in samples))},
+        near_threshold=near_threshold,
+        manifest_hash=dataset_manifest_hash(samples),
+        exact_pairs=tuple(p for p in found if p.exact),
+        near_pairs=tuple(found),
+    )
+
+
+def leaked_test_files(report: AuditReport) -> set[str]:
+    """Test relpaths with an exact or near duplicate in train (excluded from leakage-free scores)."""
+    leaked = set()
+    for pair in (*report.exact_pairs, *report.near_pairs):
+        if pair.scope == "train/test":
+            leaked.add(pair.a if pair.a.startswith("test/") else pair.b)
+    return leaked
+
+
+# ---------------------------------------------------------------------------
+# Download.
+# ---------------------------------------------------------------------------
+def download_dataset(dest: str | os.PathLike | None = None, *, link: bool = False) -> Path:
+    """Download the Kaggle dataset with kagglehub and copy (or symlink) it to `dest`.
+
+    Args:
+        dest: dataset root to create; default `config.DEFAULT_DATA_DIR`.
+        link: symlink to kagglehub's cache instead of copying.
+
+    Returns:
+        The dataset root (holding train/ and test/).
+
+    Raises:
+        DownloadError: kagglehub missing, download failed, or `dest` exists but is no dataset.
+    """
+    dest = Path(dest).expanduser() if dest else config.DEFAULT_DATA_DIR
+    if dest.exists():
+        try:
+            root = find_dataset_root(dest)
+        except DatasetNotFoundError:
+            raise DownloadError(
+                f"{dest} already exists and is not the dataset; remove it or pick another --dest."
+            ) from None
+        logger.info("Dataset already present at %s", root)
+        return root
+    try:
+        import kagglehub
+    except ImportError:
+        raise DownloadError("The download needs kagglehub: `pip install kagglehub`.") from None
+    try:
+        downloaded = Path(kagglehub.dataset_download(config.KAGGLE_DATASET))
+    except Exception as exc:  # noqa: BLE001 - network, auth and API errors all end up here
+        raise DownloadError(f"kagglehub could not download {config.KAGGLE_DATASET}: {exc}") from exc
+    try:
+        source = find_dataset_root(downloaded)
+    except DatasetNotFoundError as exc:
+        raise DownloadError(f"Unexpected layout in the download at {downloaded}: {exc}") from exc
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        dest.symlink_to(source.resolve(), target_is_directory=True)
+    else:
+        shutil.copytree(source, dest)
+    return dest
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------
+def _cmd_download(args: argparse.Namespace) -> int:
+    root = download_dataset(args.dest, link=args.link)
+    samples = list_samples(root)
+    print(f"Dataset ready at {root} ({len(samples)} images). Use it with:")
+    print(f"export {config.DATA_ENV_VAR}={shlex.quote(str(Path(root).resolve()))}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    samples = list_samples(args.data_dir)
+    counts = Counter((s.split, s.label) for s in samples)
+    width = max(len(c) for c in CLASS_NAMES)
+    print(f"Dataset: {find_dataset_root(config.resolve_data_dir(args.data_dir))}")
+    print(f"{'split':<6} " + " ".join(f"{c:>{width}}" for c in CLASS_NAMES) + f" {'total':>6}")
+    for split in SPLITS:
+        row = [counts[(split, c)] for c in CLASS_NAMES]
+        print(f"{split:<6} " + " ".join(f"{n:>{width}}" for n in row) + f" {sum(row):>6}")
+    print(f"manifest sha256: {dataset_manifest_hash(samples)}")
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    report = audit(list_samples(args.data_dir), near_threshold=args.threshold)
+    path = report.to_json(args.out)
+    print(report.summary())
+    print(f"Written to {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m covid_xray.data`."""
+    parser = argparse.ArgumentParser(prog="python -m covid_xray.data", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("download", help="download the Kaggle dataset with kagglehub")
+    p.add_argument(
+        "--dest", default=None, help=f"dataset folder to create (default {config.DEFAULT_DATA_DIR})"
+    )
+    p.add_argument("--link", action="store_true", help="symlink to the kagglehub cache instead of copying")
+    p.set_defaults(func=_cmd_download)
+    p = sub.add_parser("info", help="image counts per split and class")
+    p.add_argument("--data-dir", default=None, help=f"dataset root (default ${config.DATA_ENV_VAR})")
+    p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("audit", help="exact and near duplicates within and across splits")
+    p.add_argument("--data-dir", default=None, help=f"dataset root (default ${config.DATA_ENV_VAR})")
+    p.add_argument("--out", default=None, help="JSON report path (default <reports dir>/audit.json)")
+    p.add_argument(
+        "--threshold", type=int, default=NEAR_DUPLICATE_THRESHOLD, help="max phash Hamming distance"
+    )
+    p.set_defaults(func=_cmd_audit)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (DatasetNotFoundError, DownloadError, imaging.ImageDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

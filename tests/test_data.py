@@ -1,0 +1,552 @@
+"""Tests of covid_xray.data: discovery, manifest hash, duplicate-aware splits, cached arrays,
+tf.data pipelines, augmentation, the leakage audit and the CLI.
+
+Unit tests run on a tiny synthetic dataset of generated images (tmp_path); integration tests
+run on the real dataset (conftest's `data_dir`) and check the defects documented in its README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from covid_xray import config, data, preprocessing
+from covid_xray.config import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+
+# The real dataset's file counts (data README) and content fingerprint (this copy's bytes).
+REAL_COUNTS = {
+    "train": {"Covid": 111, "Normal": 70, "Viral Pneumonia": 70},
+    "test": {"Covid": 26, "Normal": 20, "Viral Pneumonia": 20},
+}
+REAL_MANIFEST_HASH = "42af9cbfab53a5b0f892216f28c355f86250ca7de9aa0852085bf077fde4cd0b"
+# Test images that are byte-identical copies of train images (data README).
+REAL_EXACT_LEAKS = {
+    "test/Covid/COVID-00003b.jpg",
+    "test/Covid/COVID-00012.jpg",
+    "test/Covid/COVID-00022.jpg",
+    "test/Covid/COVID-00033.jpg",
+    "test/Covid/COVID-00037.jpg",
+    "test/Covid/radiopaedia-2019-novel-coronavirus-infected-pneumonia.jpg",
+}
+
+
+# ---------------------------------------------------------------------------
+# Synthetic dataset.
+# ---------------------------------------------------------------------------
+def _random_xray(rng: np.random.Generator, size: int = 96) -> np.ndarray:
+    """A smooth random grey image: distinct low frequencies, so distinct perceptual hashes."""
+    low = rng.integers(0, 256, (6, 6)).astype(np.uint8)
+    grey = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def _write(path: Path, rgb: np.ndarray, **params) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    flags = [cv2.IMWRITE_JPEG_QUALITY, params["quality"]] if "quality" in params else []
+    assert cv2.imwrite(str(path), bgr, flags)
+    return path
+
+
+PER_CLASS = {"train": 6, "test": 3}
+SHORT = {"Covid": "c", "Normal": "n", "Viral Pneumonia": "v"}
+
+
+def make_synthetic_dataset(root: Path, seed: int = 0) -> Path:
+    """Build <root>/{train,test}/<class>/ with 6 + 3 distinct images per class, plus:
+
+    - train/Covid/c0_copy.png: byte copy of train/Covid/c0.png (exact, within train)
+    - train/Normal/n0_jpeg.jpg: JPEG re-encoding of train/Normal/n0.png (near, within train)
+    - test/Covid/leak.png: byte copy of train/Covid/c1.png (exact, across train/test)
+    - test/Normal/near.jpg: JPEG of train/Viral Pneumonia/v1.png (near, across, other label)
+    - a text file and a hidden file, which discovery must ignore.
+    """
+    rng = np.random.default_rng(seed)
+    for split, count in PER_CLASS.items():
+        for label in CLASS_NAMES:
+            for k in range(count):
+                _write(root / split / label / f"{SHORT[label]}{k}.png", _random_xray(rng))
+    train = root / "train"
+    shutil.copyfile(train / "Covid" / "c0.png", train / "Covid" / "c0_copy.png")
+    n0 = cv2.cvtColor(cv2.imread(str(train / "Normal" / "n0.png")), cv2.COLOR_BGR2RGB)
+    _write(train / "Normal" / "n0_jpeg.jpg", n0, quality=90)
+    shutil.copyfile(train / "Covid" / "c1.png", root / "test" / "Covid" / "leak.png")
+    v1 = cv2.cvtColor(cv2.imread(str(train / "Viral Pneumonia" / "v1.png")), cv2.COLOR_BGR2RGB)
+    _write(root / "test" / "Normal" / "near.jpg", v1, quality=90)
+    (train / "Covid" / "notes.txt").write_text("not an image")
+    (train / "Covid" / ".hidden.png").write_bytes(b"")
+    return root
+
+
+@pytest.fixture()
+def synth(tmp_path) -> Path:
+    return make_synthetic_dataset(tmp_path / "Covid19-dataset")
+
+
+@pytest.fixture(scope="module")
+def synth_module(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synth") / "Covid19-dataset")
+
+
+# ---------------------------------------------------------------------------
+# Discovery.
+# ---------------------------------------------------------------------------
+def test_list_samples_finds_images_only_in_deterministic_order(synth):
+    samples = data.list_samples(synth)
+    # 6 + 3 per class, plus c0_copy and n0_jpeg in train, leak and near in test.
+    assert len(samples) == 3 * 9 + 4
+    names = {s.relpath for s in samples}
+    assert "train/Covid/notes.txt" not in names and "train/Covid/.hidden.png" not in names
+    assert samples == sorted(samples, key=lambda s: (s.split != "train", s.label_index, s.path.name))
+    assert samples == data.list_samples(synth)
+
+
+def test_sample_relpath_and_label_index(synth):
+    sample = next(s for s in data.list_samples(synth, "test") if s.path.name == "near.jpg")
+    assert sample.relpath == "test/Normal/near.jpg"
+    assert sample.label_index == CLASS_NAMES.index("Normal") == 1
+    with pytest.raises(ValueError, match="Unknown label"):
+        data.Sample(sample.path, "test", "Bacterial")
+
+
+def test_list_samples_split_filter_and_bad_split(synth):
+    test = data.list_samples(synth, "test")
+    assert {s.split for s in test} == {"test"} and len(test) == 3 * 3 + 2
+    with pytest.raises(ValueError, match="Unknown split"):
+        data.list_samples(synth, "validation")
+
+
+def test_root_one_level_above_is_accepted(synth):
+    # kagglehub returns the folder that contains Covid19-dataset/.
+    assert data.find_dataset_root(synth.parent) == synth
+    assert data.find_dataset_root(synth) == synth
+    assert len(data.list_samples(synth.parent)) == len(data.list_samples(synth))
+
+
+def test_data_dir_comes_from_env_var(synth, monkeypatch):
+    monkeypatch.setenv(config.DATA_ENV_VAR, str(synth))
+    assert len(data.list_samples()) == 31
+
+
+def test_missing_dataset_error_tells_how_to_get_it(tmp_path):
+    with pytest.raises(data.DatasetNotFoundError) as info:
+        data.list_samples(tmp_path / "nowhere")
+    message = str(info.value)
+    assert "python -m covid_xray.data download" in message
+    assert config.DATA_ENV_VAR in message
+    assert isinstance(info.value, FileNotFoundError)
+    # An existing folder without the layout is just as unusable.
+    with pytest.raises(data.DatasetNotFoundError):
+        data.find_dataset_root(tmp_path)
+
+
+def test_missing_class_folder_is_an_error(synth):
+    shutil.rmtree(synth / "test" / "Viral Pneumonia")
+    with pytest.raises(data.DatasetNotFoundError, match="Viral Pneumonia"):
+        data.list_samples(synth)
+
+
+# ---------------------------------------------------------------------------
+# Manifest hash.
+# ---------------------------------------------------------------------------
+def test_manifest_hash_is_order_independent_and_content_sensitive(synth):
+    samples = data.list_samples(synth)
+    digest = data.dataset_manifest_hash(samples)
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    assert data.dataset_manifest_hash(list(reversed(samples))) == digest
+    assert data.dataset_manifest_hash(samples[1:]) != digest
+    # Changing one file's bytes (new mtime and size) changes the hash.
+    target = synth / "test" / "Covid" / "c0.png"
+    target.write_bytes(target.read_bytes() + b"\0")
+    assert data.dataset_manifest_hash(samples) != digest
+
+
+# ---------------------------------------------------------------------------
+# Splits.
+# ---------------------------------------------------------------------------
+def test_duplicate_groups_merge_exact_and_near_copies(synth_module):
+    groups = data.duplicate_groups(data.list_samples(synth_module, "train"))
+    multi = sorted(sorted(s.relpath for s in g) for g in groups if len(g) > 1)
+    assert multi == [
+        ["train/Covid/c0.png", "train/Covid/c0_copy.png"],
+        ["train/Normal/n0.png", "train/Normal/n0_jpeg.jpg"],
+    ]
+
+
+def test_split_is_stratified_deterministic_and_keeps_duplicates_together(synth_module):
+    train_all = data.list_samples(synth_module, "train")
+    seen_val = set()
+    for seed in range(8):
+        train, val = data.split_train_validation(train_all, val_fraction=0.34, seed=seed)
+        assert sorted(train + val, key=lambda s: s.relpath) == sorted(train_all, key=lambda s: s.relpath)
+        assert not set(train) & set(val)
+        # Stratified over groups: 7 of the 18 groups go to val, 2 or 3 per class.
+        val_groups = Counter(s.label for s in val if s.path.name not in {"c0_copy.png", "n0_jpeg.jpg"})
+        assert set(val_groups.values()) <= {2, 3} and len(val_groups) == NUM_CLASSES
+        for a, b in (("c0.png", "c0_copy.png"), ("n0.png", "n0_jpeg.jpg")):
+            side = {s.path.name: "val" for s in val} | {s.path.name: "train" for s in train}
+            assert side[a] == side[b], f"duplicates {a} and {b} split apart with seed {seed}"
+        assert data.split_train_validation(train_all, val_fraction=0.34, seed=seed) == (train, val)
+        seen_val.add(tuple(s.relpath for s in val))
+    assert len(seen_val) > 1  # the seed matters
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_split_rejects_bad_fraction(synth_module, fraction):
+    with pytest.raises(ValueError, match="val_fraction"):
+        data.split_train_validation(data.list_samples(synth_module, "train"), val_fraction=fraction)
+
+
+def test_split_too_small_to_stratify_explains(synth_module):
+    # One Normal image cannot be on both sides of a stratified split.
+    names = {"c0.png", "c1.png", "n0.png"}
+    few = [s for s in data.list_samples(synth_module, "test") if s.path.name in names]
+    with pytest.raises(ValueError, match="stratified"):
+        data.split_train_validation(few, val_fraction=0.2)
+
+
+def test_make_splits_protocols(synth_module):
+    default = data.make_splits(synth_module, "default", val_fraction=0.34, seed=1)
+    assert set(default) == {"train", "val", "test"}
+    assert not {s.relpath for s in default["train"]} & {s.relpath for s in default["val"]}
+    assert {s.split for s in default["train"] + default["val"]} == {"train"}
+    paper = data.make_splits(synth_module, "paper")
+    # The paper's protocol: all of train for training, the test split used as validation.
+    assert paper["val"] == paper["test"] == data.list_samples(synth_module, "test")
+    assert paper["train"] == data.list_samples(synth_module, "train")
+    with pytest.raises(ValueError, match="protocol"):
+        data.make_splits(synth_module, "kfold")
+
+
+# ---------------------------------------------------------------------------
+# Arrays and cache.
+# ---------------------------------------------------------------------------
+def test_load_arrays_shapes_and_labels(synth_module):
+    samples = data.list_samples(synth_module, "test")
+    images, labels = data.load_arrays(samples)
+    assert images.shape == (len(samples), IMAGE_SIZE, IMAGE_SIZE, 3) and images.dtype == np.uint8
+    assert labels.tolist() == [s.label_index for s in samples]
+    empty_images, empty_labels = data.load_arrays([])
+    assert empty_images.shape == (0, IMAGE_SIZE, IMAGE_SIZE, 3) and empty_labels.shape == (0,)
+
+
+def test_load_arrays_decodes_each_file_once(synth, monkeypatch):
+    data.clear_cache()
+    calls = Counter()
+    real_load = data.imaging.load_image
+
+    def counting_load(path, **kwargs):
+        calls[Path(path).name] += 1
+        return real_load(path, **kwargs)
+
+    monkeypatch.setattr(data.imaging, "load_image", counting_load)
+    samples = data.list_samples(synth, "test")
+    first, _ = data.load_arrays(samples)
+    second, _ = data.load_arrays(samples)
+    data.audit(samples)  # the audit's perceptual hashes come from the same decode
+    assert np.array_equal(first, second)
+    assert len(calls) == len(samples) and set(calls.values()) == {1}
+    # An edited file (new mtime/size) is decoded again.
+    target = synth / "test" / "Covid" / "c0.png"
+    rgb = np.full((80, 80, 3), 200, np.uint8)
+    _write(target, rgb)
+    third, _ = data.load_arrays(samples)
+    assert calls["c0.png"] == 2
+    assert (third[samples.index(next(s for s in samples if s.path == target))] == 200).all()
+
+
+def test_class_weights_balanced():
+    weights = data.class_weights([0, 0, 0, 1, 2, 2])
+    # n / (n_classes * count): 6 / (3 * 3), 6 / (3 * 1), 6 / (3 * 2).
+    assert weights == pytest.approx({0: 2 / 3, 1: 2.0, 2: 1.0})
+    assert set(map(type, weights)) == {int}
+    with pytest.raises(ValueError):
+        data.class_weights([])
+
+
+# ---------------------------------------------------------------------------
+# tf.data and augmentation.
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_arrays():
+    rng = np.random.default_rng(3)
+    images = np.stack([_random_xray(rng, IMAGE_SIZE) for _ in range(10)])
+    labels = np.arange(10) % NUM_CLASSES
+    return images, labels
+
+
+def _collect(ds):
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds], strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@pytest.mark.parametrize("mode", ["unit", "imagenet"])
+def test_make_dataset_shapes_dtypes_and_values(small_arrays, mode):
+    images, labels = small_arrays
+    ds = data.make_dataset(images, labels, mode=mode, batch_size=4)
+    batches = list(ds)
+    assert [int(x.shape[0]) for x, _ in batches] == [4, 4, 2]
+    x, y = _collect(ds)
+    assert x.dtype == np.float32 and x.shape == (10, IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert y.dtype == np.float32 and y.shape == (10, NUM_CLASSES)
+    assert y.argmax(1).tolist() == labels.tolist() and (y.sum(1) == 1).all()
+    # Without shuffle or augmentation the pipeline is exactly preprocessing.normalize.
+    np.testing.assert_allclose(x, preprocessing.normalize(images, mode), atol=1e-6)
+    if mode == "unit":
+        assert x.min() >= 0.0 and x.max() <= 1.0
+
+
+def test_make_dataset_shuffle_is_seeded_and_complete(small_arrays):
+    images, labels = small_arrays
+    ds = data.make_dataset(images, labels, mode="unit", batch_size=3, shuffle=True, seed=7)
+    epoch1, _ = _collect(ds)
+    epoch2, _ = _collect(ds)
+    again, _ = _collect(data.make_dataset(images, labels, mode="unit", batch_size=3, shuffle=True, seed=7))
+    key = lambda batch: sorted(float(img.sum()) for img in batch)  # noqa: E731
+    assert key(epoch1) == pytest.approx(key(images / 255.0))  # every image, once
+    assert not np.array_equal(epoch1, images / 255.0)  # order changed
+    assert not np.array_equal(epoch1, epoch2)  # reshuffled each epoch
+    assert np.array_equal(epoch1, again)  # same seed, same order
+
+
+def test_augmentation_changes_images_but_keeps_shape_and_range(small_arrays):
+    images, labels = small_arrays
+    plain, y_plain = _collect(data.make_dataset(images, labels, mode="unit", batch_size=5))
+    augmented, y_aug = _collect(data.make_dataset(images, labels, mode="unit", batch_size=5, augment=True))
+    assert augmented.shape == plain.shape and augmented.dtype == np.float32
+    assert augmented.min() >= 0.0 and augmented.max() <= 1.0
+    assert np.array_equal(y_aug, y_plain)  # geometry changes, labels do not
+    per_image = np.abs(augmented - plain).mean(axis=(1, 2, 3))
+    assert (per_image > 1e-3).all()
+
+
+def test_augmentation_differs_between_epochs(small_arrays):
+    images, labels = small_arrays
+    ds = data.make_dataset(images, labels, mode="unit", batch_size=10, augment=True, seed=1)
+    first, _ = _collect(ds)
+    second, _ = _collect(ds)
+    assert np.abs(first - second).mean() > 1e-3
+
+
+def test_build_augmenter_parameters():
+    names = [layer.name for layer in data.build_augmenter(seed=0).layers]
+    assert names == ["flip", "rotation", "zoom", "shear"]
+    reduced = data.build_augmenter(flip=False, shear=0, seed=0)
+    assert [layer.name for layer in reduced.layers] == ["rotation", "zoom"]
+    with pytest.raises(ValueError, match="zoom"):
+        data.build_augmenter(zoom=-0.1)
+    # A custom augmenter is used as given (here: identity, so values are unchanged).
+    images = np.full((2, 8, 8, 3), 51, np.uint8)
+    x, _ = _collect(data.make_dataset(images, np.array([0, 1]), mode="unit", augment=lambda t, training: t))
+    np.testing.assert_allclose(x, 0.2, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "images, labels, message",
+    [
+        (np.zeros((2, 8, 8, 3), np.float32), np.array([0, 1]), "uint8"),  # float images
+        (np.zeros((2, 8, 8), np.uint8), np.array([0, 1]), "uint8"),  # no channel axis
+        (np.zeros((2, 8, 8, 3), np.uint8), np.array([0]), "labels"),  # count mismatch
+        (np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 3]), "class indices"),  # label out of range
+    ],
+)
+def test_make_dataset_rejects_bad_input(images, labels, message):
+    with pytest.raises(ValueError, match=message):
+        data.make_dataset(images, labels, mode="unit")
+
+
+def test_make_dataset_rejects_unknown_mode(small_arrays):
+    with pytest.raises(ValueError, match="preprocessing mode"):
+        data.make_dataset(*small_arrays, mode="zscore")
+
+
+# ---------------------------------------------------------------------------
+# Audit (synthetic).
+# ---------------------------------------------------------------------------
+def test_audit_synthetic_counts_and_leaks(synth_module, tmp_path):
+    report = data.audit(data.list_samples(synth_module))
+    counts = report.counts()
+    assert counts["exact"] == {"train": 1, "test": 0, "train/test": 1, "total": 2}
+    assert counts["near"] == {"train": 2, "test": 0, "train/test": 2, "total": 4}
+    assert data.leaked_test_files(report) == {"test/Covid/leak.png", "test/Normal/near.jpg"}
+    assert report.num_images == {"train": 20, "test": 11}
+    # Round trip through JSON.
+    path = report.to_json(tmp_path / "sub" / "audit.json")
+    loaded = data.AuditReport.from_json(path)
+    assert loaded == report
+    saved = json.loads(path.read_text())
+    assert saved["leaked_test_files"] == ["test/Covid/leak.png", "test/Normal/near.jpg"]
+    assert "2 across train/test" in report.summary()
+
+
+def test_audit_default_path_follows_reports_dir(synth_module, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(config.REPORTS_DIR_ENV_VAR, str(tmp_path / "reports"))
+    assert data.default_audit_path() == (tmp_path / "reports" / "audit.json").resolve()
+    assert data.main(["audit", "--data-dir", str(synth_module)]) == 0
+    assert data.AuditReport.from_json().counts()["exact"]["total"] == 2
+    assert "test/Covid/leak.png" in capsys.readouterr().out
+
+
+def test_audit_threshold_zero_keeps_only_identical_hashes(synth_module):
+    report = data.audit(data.list_samples(synth_module), near_threshold=0)
+    assert all(p.distance == 0 for p in report.near_pairs)
+    assert len(report.exact_pairs) == 2
+    with pytest.raises(ValueError, match="near_threshold"):
+        data.audit(data.list_samples(synth_module), near_threshold=-1)
+
+
+# ---------------------------------------------------------------------------
+# CLI: download (fake kagglehub, no network) and info.
+# ---------------------------------------------------------------------------
+def test_download_with_fake_kagglehub(synth_module, tmp_path, monkeypatch, capsys):
+    requested = []
+
+    def dataset_download(handle):
+        requested.append(handle)
+        return str(synth_module.parent)  # like kagglehub: the folder holding Covid19-dataset/
+
+    monkeypatch.setitem(sys.modules, "kagglehub", types.SimpleNamespace(dataset_download=dataset_download))
+    dest = tmp_path / "data" / "Covid19-dataset"
+    assert data.main(["download", "--dest", str(dest)]) == 0
+    assert requested == [config.KAGGLE_DATASET]
+    out = capsys.readouterr().out
+    assert f"export {config.DATA_ENV_VAR}={dest.resolve()}" in out
+    assert len(data.list_samples(dest)) == 31 and not dest.is_symlink()
+    # A second run finds the data in place and does not download again.
+    assert data.main(["download", "--dest", str(dest)]) == 0
+    assert len(requested) == 1
+    # --link makes a symlink into the kagglehub cache instead of a copy.
+    linked = tmp_path / "linked"
+    assert data.main(["download", "--dest", str(linked), "--link"]) == 0
+    assert linked.is_symlink() and linked.resolve() == synth_module.resolve()
+
+
+def test_download_without_kagglehub_says_how_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "kagglehub", None)  # makes `import kagglehub` fail
+    assert data.main(["download", "--dest", str(tmp_path / "d")]) == 2
+    assert "pip install kagglehub" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_info_cli(synth_module, capsys):
+    assert data.main(["info", "--data-dir", str(synth_module)]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "test" in out
+    assert data.dataset_manifest_hash(data.list_samples(synth_module)) in out
+
+
+def test_cli_reports_missing_data(tmp_path, capsys):
+    assert data.main(["info", "--data-dir", str(tmp_path / "none")]) == 2
+    assert "python -m covid_xray.data download" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# Integration: the real dataset.
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_samples(data_dir):
+    return data.list_samples(data_dir)
+
+
+@pytest.fixture(scope="module")
+def real_audit(real_samples):
+    # Decodes and hashes the 317 images once; later tests reuse the in-process cache.
+    return data.audit(real_samples)
+
+
+def test_real_counts(real_samples):
+    counts = Counter((s.split, s.label) for s in real_samples)
+    assert {split: {c: counts[(split, c)] for c in CLASS_NAMES} for split in ("train", "test")} == REAL_COUNTS
+    assert len(real_samples) == 317 and len({s.relpath for s in real_samples}) == 317
+
+
+def test_real_manifest_hash_is_stable(real_samples):
+    assert data.dataset_manifest_hash(real_samples) == REAL_MANIFEST_HASH
+    assert data.dataset_manifest_hash(sorted(real_samples, key=lambda s: s.path.name)) == REAL_MANIFEST_HASH
+
+
+def test_real_audit_reproduces_documented_defects(real_audit):
+    counts = real_audit.counts()
+    # 10 byte-identical pairs: 6 test images copied from train, 4 pairs inside one split.
+    assert counts["exact"] == {"train": 3, "test": 1, "train/test": 6, "total": 10}
+    # 27 pairs at phash distance <= 6, 11 of them across train/test.
+    assert counts["near"]["total"] == 27 and counts["near"]["train/test"] == 11
+    pairs = {(p.a, p.b) for p in real_audit.near_pairs}
+    assert ("test/Covid/0112.jpg", "train/Covid/090.jpeg") in pairs
+    assert ("test/Normal/0103.jpeg", "train/Viral Pneumonia/022.jpeg") in pairs
+    exact_cross = {p.a for p in real_audit.exact_pairs if p.scope == "train/test"}
+    assert exact_cross == REAL_EXACT_LEAKS
+    leaked = data.leaked_test_files(real_audit)
+    assert REAL_EXACT_LEAKS < leaked and len(leaked) == 9
+    assert {"test/Covid/0112.jpg", "test/Normal/0103.jpeg"} <= leaked
+
+
+def test_real_default_split(data_dir, real_audit):
+    splits = data.make_splits(data_dir, "default", val_fraction=0.2, seed=42)
+    assert splits == data.make_splits(data_dir, "default", val_fraction=0.2, seed=42)
+    train, val = splits["train"], splits["val"]
+    assert len(train) + len(val) == 251 and 45 <= len(val) <= 55
+    assert len(splits["test"]) == 66
+    # Stratified: each class's share of val matches its share of train within one image.
+    val_counts = Counter(s.label for s in val)
+    for label, total in REAL_COUNTS["train"].items():
+        assert abs(val_counts[label] - total * len(val) / 251) <= 1.5, (label, val_counts)
+    # No duplicate pair (exact or phash <= 6) straddles train and val.
+    side = {s.relpath: "train" for s in train} | {s.relpath: "val" for s in val}
+    within_train = [p for p in real_audit.near_pairs if p.scope == "train"]
+    assert len(within_train) == 12
+    assert all(side[p.a] == side[p.b] for p in within_train)
+
+
+def test_real_paper_split(data_dir):
+    splits = data.make_splits(data_dir, "paper")
+    assert len(splits["train"]) == 251 and splits["val"] == splits["test"] and len(splits["val"]) == 66
+
+
+@pytest.mark.parametrize("mode", ["unit", "imagenet"])
+def test_real_tf_data(real_samples, real_audit, mode):
+    samples = [s for s in real_samples if s.split == "test"]
+    images, labels = data.load_arrays(samples)
+    assert images.shape == (66, IMAGE_SIZE, IMAGE_SIZE, 3) and images.dtype == np.uint8
+    assert labels.tolist() == [s.label_index for s in samples]
+    assert images.max() > 200 and images.min() < 30  # real radiographs: dark air, bright bone
+    ds = data.make_dataset(images, labels, mode=mode, batch_size=32, shuffle=True, augment=True, seed=0)
+    x, y = _collect(ds)
+    assert x.shape == (66, IMAGE_SIZE, IMAGE_SIZE, 3) and x.dtype == np.float32
+    assert sorted(y.argmax(1).tolist()) == sorted(labels.tolist())
+    low, high = preprocessing.normalize(np.array([[[[0, 0, 0]], [[255, 255, 255]]]], np.uint8), mode)[0, :, 0]
+    assert (x >= low.min() - 1e-5).all() and (x <= high.max() + 1e-5).all()
+
+
+def test_real_class_weights(real_samples):
+    labels = np.array([s.label_index for s in real_samples if s.split == "train"])
+    weights = data.class_weights(labels)
+    # 251 / (3 * 111) for Covid, 251 / (3 * 70) for the others.
+    assert weights == pytest.approx({0: 251 / 333, 1: 251 / 210, 2: 251 / 210})
+
+
+@pytest.mark.slow
+def test_audit_cli_subprocess(data_dir, real_audit, tmp_path):
+    out = tmp_path / "audit.json"
+    env = {**os.environ, config.DATA_ENV_VAR: str(data_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "-m", "covid_xray.data", "audit", "--out", str(out), "--threshold", "6"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=config.PROJECT_ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "11 across train/test" in result.stdout
+    assert data.AuditReport.from_json(out) == real_audit
