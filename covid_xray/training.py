@@ -1,0 +1,519 @@
+"""Training: the paper's recipe (Adam, class weights, ReduceLROnPlateau, EarlyStopping, best
+validation loss kept), two phases (plain, then augmented), tf.distribute strategies, and a
+checkpoint with a JSON sidecar that records everything needed to reproduce it.
+
+CheXNet with a frozen base trains its head on cached DenseNet121 features (one pass of the
+base per image and per augmented view), so the head trains in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from covid_xray import config
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; defaults are the paper's recipe unless noted."""
+
+    model: str = "davidnet"
+    data_dir: str | None = None
+    protocol: str = "default"  # "paper" = select on the test split, as the paper did
+    epochs: int = 25
+    augment_epochs: int = 50  # second, augmented phase; 0 skips it
+    batch_size: int = 64
+    learning_rate: float = 0.01
+    lr_factor: float = 0.7  # "decreases by 30%"
+    lr_patience: int = 2
+    min_lr: float = 1e-6
+    early_stopping_patience: int = 3
+    class_weights: bool = True
+    val_fraction: float = 0.2
+    seed: int = 42
+    deterministic: bool = False
+    # Augmentation strengths (paper: "some zooming, horizontal flipping, rotation, and shearing").
+    zoom: float = 0.1
+    rotation_degrees: float = 10.0
+    shear: float = 0.1
+    flip: bool = True
+    # CheXNet only.
+    fine_tune: bool = False
+    chexnet_weights: str | None = None
+    feature_views: int = 4  # augmented views per training image cached for the head
+    # Infrastructure.
+    strategy: str = "auto"
+    mixed_precision: str = "auto"  # auto = on when a GPU is used
+    logical_cpus: int = 0  # split the CPU into N logical devices (tests the multi-device path)
+    max_per_class: int = 0  # 0 = all images; small numbers give quick smoke runs
+    checkpoint_dir: str | None = None
+    run_dir: str | None = None  # logs (CSV, TensorBoard); default runs/<model>-<time>
+    verbose: int = 1
+
+    def __post_init__(self) -> None:
+        config.get_model_spec(self.model)
+        if self.protocol not in config.PROTOCOLS:
+            raise ValueError(f"Unknown protocol {self.protocol!r}; expected one of {config.PROTOCOLS}.")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"Unknown strategy {self.strategy!r}; expected one of {STRATEGIES}.")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}.")
+
+    @property
+    def preprocessing(self) -> str:
+        return config.get_model_spec(self.model).preprocessing_for(self.protocol)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the checkpoint, its metadata, and the per-epoch history."""
+
+    checkpoint: Path
+    metadata: dict
+    history: list[dict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------
+# Reproducibility and devices.
+# ---------------------------------------------------------------------------
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and TensorFlow; optionally force deterministic TF ops."""
+    import keras
+    import tensorflow as tf
+
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def configure_devices(logical_cpus: int = 0) -> None:
+    """Split the CPU into logical devices (must run before TensorFlow initialises its devices)."""
+    if logical_cpus <= 1:
+        return
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(logical_cpus)]
+    )
+
+
+def make_strategy(name: str, logical_cpus: int = 0):
+    """Pick a tf.distribute strategy.
+
+    - default: one device (GPU if present, else CPU).
+    - mirrored: synchronous data parallelism over all local GPUs (or the logical CPUs).
+    - multiworker: MultiWorkerMirroredStrategy across hosts, configured by TF_CONFIG.
+    - auto: mirrored when more than one GPU is visible, else default.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=cpus[: max(logical_cpus, 1)] or None)
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"Unknown strategy {name!r}; expected one of {STRATEGIES}.")
+
+
+def configure_mixed_precision(setting: str) -> str:
+    """Turn on mixed_float16 on GPU (or when forced); return the policy name used."""
+    import keras
+    import tensorflow as tf
+
+    use = setting == "on" or (setting == "auto" and bool(tf.config.list_physical_devices("GPU")))
+    policy = "mixed_float16" if use else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+# ---------------------------------------------------------------------------
+# Callbacks.
+# ---------------------------------------------------------------------------
+def _best_weights_callback():
+    import keras
+
+    class KeepBestWeights(keras.callbacks.Callback):
+        """Remember the weights of the lowest validation loss and restore them at the end."""
+
+        def __init__(self, best: float = np.inf):
+            super().__init__()
+            self.best = best
+            self.best_epoch = None
+            self.best_weights = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            val_loss = (logs or {}).get("val_loss")
+            if val_loss is not None and val_loss < self.best:
+                self.best = float(val_loss)
+                self.best_epoch = epoch + 1
+                self.best_weights = self.model.get_weights()
+
+        def on_train_end(self, logs=None):
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+
+    return KeepBestWeights
+
+
+def _callbacks(cfg: TrainConfig, run_dir: Path, phase: str, best_so_far: float):
+    import keras
+
+    keep_best = _best_weights_callback()(best=best_so_far)
+    callbacks = [
+        keep_best,
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr, verbose=0
+        ),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience),
+        keras.callbacks.CSVLogger(str(run_dir / f"log_{phase}.csv")),
+        keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / phase), write_graph=False),
+    ]
+    return callbacks, keep_best
+
+
+def _history_rows(history, phase: str, lr_key: str = "learning_rate") -> list[dict]:
+    rows = []
+    hist = history.history
+    for i in range(len(hist.get("loss", []))):
+        rows.append(
+            {
+                "phase": phase,
+                "epoch": i + 1,
+                "loss": float(hist["loss"][i]),
+                "accuracy": float(hist["accuracy"][i]),
+                "val_loss": float(hist["val_loss"][i]),
+                "val_accuracy": float(hist["val_accuracy"][i]),
+                "lr": float(hist.get(lr_key, [np.nan] * (i + 1))[i]),
+            }
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# Training loops.
+# ---------------------------------------------------------------------------
+def _fit_phases(cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run_dir, strategy):
+    """Run the plain phase then (optionally) the augmented phase; keep the best val-loss weights.
+
+    `model_fn` builds and compiles the model inside the strategy scope.
+    Returns (model, history rows, kept dict(phase, epoch, val_loss)).
+    """
+    with strategy.scope():
+        model = model_fn()
+    rows: list[dict] = []
+    best = np.inf
+    kept = {"phase": None, "epoch": None, "val_loss": None}
+    phases = [("plain", cfg.epochs, train_plain)]
+    if cfg.augment_epochs > 0:
+        phases.append(("augmented", cfg.augment_epochs, train_aug))
+    for phase, epochs, train_ds in phases:
+        callbacks, keep_best = _callbacks(cfg, run_dir, phase, best)
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            class_weight=class_weight,
+            callbacks=callbacks,
+            verbose=cfg.verbose,
+        )
+        rows += _history_rows(history, phase)
+        if keep_best.best_epoch is not None:
+            best = keep_best.best
+            kept = {"phase": phase, "epoch": keep_best.best_epoch, "val_loss": best}
+    return model, rows, kept
+
+
+def _compile(model, learning_rate: float):
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _to_dataset(images, labels, cfg: TrainConfig, *, shuffle: bool, augment: bool, strategy):
+    from covid_xray import data
+
+    ds = data.make_dataset(
+        images,
+        labels,
+        mode=cfg.preprocessing,
+        batch_size=cfg.batch_size,
+        shuffle=shuffle,
+        augment=_augmenter(cfg) if augment else False,
+        seed=cfg.seed,
+    )
+    return strategy.experimental_distribute_dataset(ds) if strategy.num_replicas_in_sync > 1 else ds
+
+
+def _augmenter(cfg: TrainConfig):
+    from covid_xray import data
+
+    return data.build_augmenter(
+        zoom=cfg.zoom, rotation_degrees=cfg.rotation_degrees, shear=cfg.shear, flip=cfg.flip, seed=cfg.seed
+    )
+
+
+def _train_end_to_end(cfg, splits, arrays, class_weight, run_dir, strategy):
+    """DavidNet, or CheXNet with an unfrozen base: the full model sees every batch."""
+    from covid_xray import models
+
+    (x_tr, y_tr), (x_va, y_va) = arrays["train"], arrays["val"]
+    train_plain = _to_dataset(x_tr, y_tr, cfg, shuffle=True, augment=False, strategy=strategy)
+    train_aug = _to_dataset(x_tr, y_tr, cfg, shuffle=True, augment=True, strategy=strategy)
+    val_ds = _to_dataset(x_va, y_va, cfg, shuffle=False, augment=False, strategy=strategy)
+
+    def model_fn():
+        if cfg.model == "davidnet":
+            model = models.build_davidnet()
+        else:
+            model = models.build_chexnet(weights=_chexnet_weights_path(cfg), trainable_base=True)
+        return _compile(model, cfg.learning_rate)
+
+    return _fit_phases(cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run_dir, strategy)
+
+
+def _chexnet_weights_path(cfg: TrainConfig) -> Path:
+    """Resolve CheXNet weights and fail with the fix command when they are missing."""
+    from covid_xray.weights import WeightsNotFoundError, missing_weights_message
+
+    path = config.resolve_chexnet_weights(cfg.chexnet_weights)
+    if not path.exists():
+        raise WeightsNotFoundError(missing_weights_message(path))
+    return path
+
+
+def extract_features(base_model, images: np.ndarray, mode: str, batch_size: int = 32) -> np.ndarray:
+    """Globally pooled DenseNet121 features (N, 1024) of uint8 images, in batches.
+
+    Global average pooling is the head's first operation and has no weights, so pooled
+    features are exactly what the head's dense layers see.
+    """
+    import tensorflow as tf
+
+    from covid_xray.preprocessing import normalize
+
+    pooled = tf.function(lambda x: tf.reduce_mean(base_model(x, training=False), axis=(1, 2)))
+    out = []
+    for start in range(0, len(images), batch_size):
+        out.append(pooled(normalize(images[start : start + batch_size], mode)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 1024), np.float32)
+
+
+def _augmented_views(images: np.ndarray, cfg: TrainConfig, views: int) -> np.ndarray:
+    """`views` seeded augmented copies of each uint8 image (N*views, H, W, 3), for feature caching."""
+    augmenter = _augmenter(cfg)
+    out = []
+    for view in range(views):
+        batch = augmenter(images.astype(np.float32), training=True)
+        out.append(np.clip(np.asarray(batch), 0, 255).astype(np.uint8))
+        del view
+    return np.concatenate(out)
+
+
+def _feature_cache_key(cfg: TrainConfig, weights_sha: str, relpaths: list[str], tag: str) -> str:
+    text = json.dumps(
+        {
+            "weights": weights_sha,
+            "files": relpaths,
+            "mode": cfg.preprocessing,
+            "tag": tag,
+            "aug": [cfg.zoom, cfg.rotation_degrees, cfg.shear, cfg.flip, cfg.seed, cfg.feature_views],
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _cached_features(cache_dir: Path, key: str, compute) -> np.ndarray:
+    path = cache_dir / f"features_{key}.npy"
+    if path.exists():
+        return np.load(path)
+    feats = compute()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(path, feats)
+    return feats
+
+
+def _train_chexnet_head(cfg, splits, arrays, class_weight, run_dir, strategy):
+    """CheXNet with a frozen base: train the head on cached pooled features, then assemble."""
+    import keras
+    import tensorflow as tf
+
+    from covid_xray import models
+    from covid_xray.checkpoints import sha256_file
+
+    weights_path = _chexnet_weights_path(cfg)
+    full = models.build_chexnet(weights=weights_path, trainable_base=False)
+    base = keras.Model(full.input, full.get_layer(config.get_model_spec("chexnet").gradcam_layer).output)
+    weights_sha = sha256_file(weights_path)
+    cache_dir = Path(os.environ.get("COVID_XRAY_CACHE", Path.home() / ".cache" / "covid-xray"))
+
+    def feats(split: str, augmented: bool = False):
+        images, labels = arrays[split]
+        names = [s.relpath for s in splits[split]]
+        key = _feature_cache_key(cfg, weights_sha, names, f"{split}-{'aug' if augmented else 'plain'}")
+        if augmented:
+            compute = lambda: extract_features(base, _augmented_views(images, cfg, cfg.feature_views), cfg.preprocessing)  # noqa: E731
+            return _cached_features(cache_dir, key, compute), np.tile(labels, cfg.feature_views)
+        return _cached_features(cache_dir, key, lambda: extract_features(base, images, cfg.preprocessing)), labels
+
+    def head_ds(x, y, shuffle):
+        ds = tf.data.Dataset.from_tensor_slices((x, keras.utils.to_categorical(y, config.NUM_CLASSES)))
+        if shuffle:
+            ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
+        return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    t0 = time.perf_counter()
+    x_tr, y_tr = feats("train")
+    x_va, y_va = feats("val")
+    train_aug = None
+    if cfg.augment_epochs > 0:
+        x_aug, y_aug = feats("train", augmented=True)
+        train_aug = head_ds(x_aug, y_aug, shuffle=True)
+    log.info("CheXNet features ready in %.1f s", time.perf_counter() - t0)
+
+    def head_fn():
+        inputs = keras.Input(shape=(x_tr.shape[1],), name="pooled_features")
+        x = keras.layers.Dense(64, activation="relu", name="head_dense")(inputs)
+        outputs = keras.layers.Dense(config.NUM_CLASSES, activation="softmax", dtype="float32", name="predictions")(x)
+        return _compile(keras.Model(inputs, outputs, name="chexnet_head"), cfg.learning_rate)
+
+    head, rows, kept = _fit_phases(
+        cfg, head_fn, head_ds(x_tr, y_tr, True), train_aug, head_ds(x_va, y_va, False), class_weight, run_dir, strategy
+    )
+    for name in ("head_dense", "predictions"):
+        full.get_layer(name).set_weights(head.get_layer(name).get_weights())
+    return full, rows, kept
+
+
+# ---------------------------------------------------------------------------
+# Entry point.
+# ---------------------------------------------------------------------------
+def library_versions() -> dict:
+    import keras
+    import sklearn
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
+
+
+def write_history(rows: list[dict], path: Path) -> None:
+    """Per-epoch history as CSV: phase,epoch,loss,accuracy,val_loss,val_accuracy,lr."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = ["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train one model end to end and save `checkpoints/<model>.keras` + JSON + history."""
+    from covid_xray import data
+    from covid_xray.checkpoints import save_checkpoint
+
+    configure_devices(cfg.logical_cpus)
+    seed_everything(cfg.seed, cfg.deterministic)
+    policy = configure_mixed_precision(cfg.mixed_precision)
+    strategy = make_strategy(cfg.strategy, cfg.logical_cpus)
+    run_dir = Path(cfg.run_dir or config.PROJECT_ROOT / "runs" / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    splits = data.make_splits(cfg.data_dir, protocol=cfg.protocol, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    if cfg.max_per_class:
+        splits = {k: _limit_per_class(v, cfg.max_per_class) for k, v in splits.items()}
+    arrays = {k: data.load_arrays(v) for k, v in splits.items() if k in ("train", "val")}
+    class_weight = data.class_weights(arrays["train"][1]) if cfg.class_weights else None
+    log.info("train=%d val=%d (protocol %s)", len(splits["train"]), len(splits["val"]), cfg.protocol)
+
+    t0 = time.perf_counter()
+    if cfg.model == "chexnet" and not cfg.fine_tune:
+        model, rows, kept = _train_chexnet_head(cfg, splits, arrays, class_weight, run_dir, strategy)
+    else:
+        model, rows, kept = _train_end_to_end(cfg, splits, arrays, class_weight, run_dir, strategy)
+    train_seconds = time.perf_counter() - t0
+
+    # Validation metrics of the kept weights, for the record (never the test split here).
+    val_x, val_y = arrays["val"]
+    from covid_xray.preprocessing import normalize
+
+    val_probs = model.predict(normalize(val_x, cfg.preprocessing), batch_size=32, verbose=0)
+    val_acc = float(np.mean(np.argmax(val_probs, axis=1) == val_y))
+
+    all_samples = [s for v in splits.values() for s in v]
+    metadata = {
+        "model": cfg.model,
+        "config": dataclasses.asdict(cfg),
+        "protocol": cfg.protocol,
+        "selection": "validation split of train" if cfg.protocol == "default" else "test split (paper protocol)",
+        "preprocessing": cfg.preprocessing,
+        "class_names": list(config.CLASS_NAMES),
+        "versions": library_versions(),
+        "dataset_manifest": data.dataset_manifest_hash(all_samples),
+        "split_sizes": {k: len(v) for k, v in splits.items()},
+        "kept": kept,
+        "epochs_run": {phase: sum(1 for r in rows if r["phase"] == phase) for phase in ("plain", "augmented")},
+        "val_accuracy": val_acc,
+        "train_seconds": round(train_seconds, 1),
+        "mixed_precision_policy": policy,
+        "strategy": type(strategy).__name__,
+        "replicas": strategy.num_replicas_in_sync,
+    }
+    if cfg.model == "chexnet":
+        from covid_xray.checkpoints import sha256_file
+
+        metadata["chexnet_base_sha256"] = sha256_file(_chexnet_weights_path(cfg))
+    spec = config.get_model_spec(cfg.model)
+    checkpoint = spec.checkpoint_path(cfg.checkpoint_dir)
+    record = save_checkpoint(model, checkpoint, metadata)
+    write_history(rows, checkpoint.with_name(f"{cfg.model}_history.csv"))
+    write_history(rows, run_dir / "history.csv")
+    log.info("saved %s (kept %s epoch %s, val acc %.3f)", checkpoint, kept["phase"], kept["epoch"], val_acc)
+    return TrainResult(checkpoint=checkpoint, metadata=record, history=rows)
+
+
+def _limit_per_class(samples, n: int):
+    out, counts = [], {}
+    for s in samples:
+        if counts.get(s.label, 0) < n:
+            out.append(s)
+            counts[s.label] = counts.get(s.label, 0) + 1
+    return out

@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Train DavidNet or CheXNet: `python train.py --model davidnet|chexnet [options]`.
+
+Defaults are the paper's recipe; every hyper-parameter is a flag. Uses a GPU when present
+(mixed precision there), several GPUs with `--strategy mirrored`, several hosts with
+`--strategy multiworker` and TF_CONFIG. Writes checkpoints/<model>.keras + .json + history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from covid_xray.config import MODELS, PROTOCOLS
+    from covid_xray.training import STRATEGIES, TrainConfig
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", choices=sorted(MODELS), default=d.model)
+    p.add_argument("--data-dir", default=None, help="dataset root (else $COVID_XRAY_DATA, else data/Covid19-dataset)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=d.protocol,
+                   help="'paper' selects the model on the TEST split as the paper did (optimistic; for comparison only)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="max epochs of the plain phase")
+    p.add_argument("--augment-epochs", type=int, default=d.augment_epochs, help="max epochs of the augmented phase (0 = skip)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, default=None,
+                   help="Adam learning rate (default 0.01, or 1e-4 with --fine-tune)")
+    p.add_argument("--lr-factor", type=float, default=d.lr_factor, help="ReduceLROnPlateau factor")
+    p.add_argument("--lr-patience", type=int, default=d.lr_patience, help="ReduceLROnPlateau patience")
+    p.add_argument("--min-lr", type=float, default=d.min_lr)
+    p.add_argument("--patience", dest="early_stopping_patience", type=int, default=d.early_stopping_patience,
+                   help="EarlyStopping patience (epochs without a lower validation loss)")
+    p.add_argument("--no-class-weights", dest="class_weights", action="store_false",
+                   help="disable sklearn 'balanced' class weights")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="validation share of train (default protocol)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--deterministic", action="store_true", help="enable TensorFlow op determinism (slower)")
+    p.add_argument("--zoom", type=float, default=d.zoom, help="augmentation: max zoom fraction")
+    p.add_argument("--rotation", dest="rotation_degrees", type=float, default=d.rotation_degrees, help="augmentation: max rotation (degrees)")
+    p.add_argument("--shear", type=float, default=d.shear, help="augmentation: max shear")
+    p.add_argument("--no-flip", dest="flip", action="store_false", help="augmentation: no horizontal flips")
+    p.add_argument("--fine-tune", action="store_true", help="CheXNet: unfreeze DenseNet121 (full fine-tune, lower lr)")
+    p.add_argument("--chexnet-weights", default=None, help="CheXNet base weights (else $COVID_XRAY_CHEXNET_WEIGHTS, else checkpoints/chexnet_base.h5)")
+    p.add_argument("--feature-views", type=int, default=d.feature_views, help="CheXNet head: cached augmented views per image")
+    p.add_argument("--strategy", choices=STRATEGIES, default=d.strategy, help="tf.distribute strategy")
+    p.add_argument("--mixed-precision", choices=("auto", "on", "off"), default=d.mixed_precision)
+    p.add_argument("--logical-cpus", type=int, default=0, help="split the CPU into N logical devices (tests --strategy mirrored without GPUs)")
+    p.add_argument("--max-per-class", type=int, default=0, help="use at most N images per class and split (quick smoke runs)")
+    p.add_argument("--checkpoint-dir", default=None, help="where to save (else $COVID_XRAY_CHECKPOINT_DIR, else checkpoints/)")
+    p.add_argument("--run-dir", default=None, help="CSV + TensorBoard logs (default runs/<model>-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from covid_xray.data import DatasetNotFoundError
+    from covid_xray.training import TrainConfig, train
+    from covid_xray.weights import WeightsError
+
+    values = vars(args).copy()
+    values["verbose"] = 0 if values.pop("quiet") else 1
+    if values["learning_rate"] is None:
+        values["learning_rate"] = 1e-4 if args.fine_tune else TrainConfig.learning_rate
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in values.items() if k in fields})
+    try:
+        result = train(cfg)
+    except (DatasetNotFoundError, WeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    kept = result.metadata["kept"]
+    print(
+        f"saved {result.checkpoint} (kept {kept['phase']} epoch {kept['epoch']}, "
+        f"val_loss {kept['val_loss']:.4f}, val_accuracy {result.metadata['val_accuracy']:.4f})"
+    )
+    print(f"next: python -m covid_xray.evaluate --model {cfg.model}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
