@@ -1,0 +1,672 @@
+"""CheXNet base weights: load the published Keras-2 HDF5 file into a Keras 3 DenseNet121; fetch CLI.
+
+CheXNet is DenseNet121 trained on ChestX-ray14 (112,120 frontal chest X-rays, 14 findings). The
+public Keras port (brucechou1983/CheXNet-Keras, release 0.3.0) ships a Keras-2 ``save_weights``
+HDF5 file of DenseNet121 + a 14-unit sigmoid ``predictions`` head. Keras 3 cannot read it by
+layer order, so this module maps it onto our base by layer name, checks every shape, and
+refuses any incomplete file: a silently half-loaded base would still "work" but would no longer
+be CheXNet, and every reported accuracy and Grad-CAM map would be wrong without a visible sign.
+
+Accepted files (detected by content, not extension):
+
+- Keras-2 HDF5 weights (``model.save_weights`` or ``model.save`` in Keras 2), as published;
+- Keras 3 ``.weights.h5`` of the base or of a model that contains it (e.g. our CheXNet);
+- Keras 3 ``.keras`` archives of such a model.
+
+CLI::
+
+    python -m covid_xray.weights check              # are the weights where the code looks?
+    python -m covid_xray.weights verify [PATH]      # load them into DenseNet121, print the count
+    python -m covid_xray.weights fetch --url URL [--sha256 HEX] [--dest PATH]
+    python -m covid_xray.weights install FILE [--sha256 HEX] [--dest PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import logging
+import os
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import h5py
+import numpy as np
+
+from covid_xray import config
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------
+# Configurable parameters.
+# ---------------------------------------------------------------------------
+# Project that publishes the weights; its README carries the download link.
+CHEXNET_PROJECT_URL = "https://github.com/brucechou1983/CheXNet-Keras"
+# Direct download link and SHA-256 of CHEXNET_WEIGHTS_FILENAME. No verified direct link or
+# checksum is recorded in this repository, so none is guessed: the missing-weights message
+# shows placeholders and says where to find the link. Set these once they are verified.
+CHEXNET_WEIGHTS_URL: str | None = None
+CHEXNET_WEIGHTS_SHA256: str | None = None
+# Keras-2 layer groups that are not part of DenseNet121 (the 14-finding ChestX-ray14 head).
+CHEXNET_HEAD_LAYERS = ("predictions",)
+DOWNLOAD_TIMEOUT_S = 60
+_CHUNK = 1 << 20
+
+FORMAT_KERAS2 = "keras2-hdf5"
+FORMAT_KERAS3_WEIGHTS = "keras3-weights-h5"
+FORMAT_KERAS3_ARCHIVE = "keras3-archive"
+FORMAT_DESCRIPTIONS = {
+    FORMAT_KERAS2: "Keras-2 HDF5 weights",
+    FORMAT_KERAS3_WEIGHTS: "Keras 3 .weights.h5",
+    FORMAT_KERAS3_ARCHIVE: "Keras 3 .keras archive",
+}
+# Inside a .keras archive, the weights live in this member.
+_ARCHIVE_WEIGHTS_MEMBER = "model.weights.h5"
+# How many offending layers an error message lists before summarising the rest.
+_MAX_LISTED = 12
+
+
+class WeightsError(RuntimeError):
+    """CheXNet weights are unreadable, incomplete or do not fit DenseNet121.
+
+    Attributes:
+        problems: one line per offending layer (missing, wrong shape, wrong count).
+    """
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.problems = tuple(problems)
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """No CheXNet weights file at the resolved path; the message says how to get one."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        super().__init__(missing_weights_message(self.path))
+        self.filename = str(self.path)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What `load_chexnet_base_weights` did.
+
+    Attributes:
+        path: the weights file.
+        file_format: one of FORMAT_KERAS2, FORMAT_KERAS3_WEIGHTS, FORMAT_KERAS3_ARCHIVE.
+        keras_version: Keras version recorded in the file, if any.
+        loaded_layers: base layers that received weights (Keras 3 names).
+        loaded_params: number of parameters set (7,037,504 for the full DenseNet121 base).
+        skipped_layers: layers with weights in the file that are not part of the base
+            (e.g. the 14-finding ``predictions`` head of the published file).
+        renamed_layers: (file name, base name) pairs for Keras-2 names written with "/".
+        matched_by: "name", or "position" for Keras 3 files that record no layer names.
+    """
+
+    path: Path
+    file_format: str
+    keras_version: str | None
+    loaded_layers: tuple[str, ...]
+    loaded_params: int
+    skipped_layers: tuple[str, ...]
+    renamed_layers: tuple[tuple[str, str], ...]
+    matched_by: str = "name"
+
+    def summary(self) -> str:
+        """One human-readable line."""
+        version = f", Keras {self.keras_version}" if self.keras_version else ""
+        skipped = f"; skipped {', '.join(self.skipped_layers)}" if self.skipped_layers else ""
+        return (
+            f"Loaded {self.loaded_params:,} parameters into {len(self.loaded_layers)} DenseNet121 layers "
+            f"from {self.path} ({FORMAT_DESCRIPTIONS[self.file_format]}{version}, matched by "
+            f"{self.matched_by}){skipped}."
+        )
+
+
+# A layer's arrays as read from a file: (variable name or None when unknown, array).
+_FileLayers = dict[str, list[tuple[str | None, np.ndarray]]]
+
+
+# ---------------------------------------------------------------------------
+# Messages.
+# ---------------------------------------------------------------------------
+def _describe_source(path: Path) -> str:
+    env = os.environ.get(config.CHEXNET_WEIGHTS_ENV_VAR)
+    if env and Path(env).expanduser().resolve() == path:
+        return f"${config.CHEXNET_WEIGHTS_ENV_VAR} points there"
+    if path == config.DEFAULT_CHEXNET_WEIGHTS.resolve():
+        return f"it is the default location (set ${config.CHEXNET_WEIGHTS_ENV_VAR} to use another file)"
+    return "that path was passed explicitly"
+
+
+def missing_weights_message(path: str | os.PathLike) -> str:
+    """Explain that CheXNet weights are missing, where they were looked for, and the fix.
+
+    Used by `WeightsNotFoundError`, the CLI and the app, so users read one wording everywhere.
+    """
+    path = Path(path).expanduser().resolve()
+    name = config.CHEXNET_WEIGHTS_FILENAME
+    # The fix installs to the default/env location; name the path when it was passed explicitly.
+    dest = "" if path == config.resolve_chexnet_weights() else f" --dest {shlex.quote(str(path))}"
+    url = CHEXNET_WEIGHTS_URL or "<URL>"
+    sha = CHEXNET_WEIGHTS_SHA256 or "<SHA256>"
+    lines = [
+        f"CheXNet weights are missing: no file at {path} ({_describe_source(path)}).",
+        f"CheXNet needs the published CheXNet DenseNet121 weights ({name}, from {CHEXNET_PROJECT_URL}).",
+        "Fix it with one command:",
+        f"    python -m covid_xray.weights fetch --url {url} --sha256 {sha}{dest}",
+    ]
+    if not CHEXNET_WEIGHTS_URL:
+        lines.append(
+            f"  <URL>: the direct download link of {name} given in the README of {CHEXNET_PROJECT_URL}"
+        )
+    if not CHEXNET_WEIGHTS_SHA256:
+        lines.append(
+            "  <SHA256>: the file's SHA-256 from the release page, if published; without --sha256 the"
+            " download is still checked to load as a complete DenseNet121, and its hash is printed."
+        )
+    lines += [
+        "If you already have the file, install it instead:",
+        f"    python -m covid_xray.weights install /path/to/{name}{dest}",
+    ]
+    return "\n".join(lines)
+
+
+def _format_problems(header: str, problems: list[str]) -> str:
+    listed = problems[:_MAX_LISTED]
+    more = len(problems) - len(listed)
+    tail = [f"  ... and {more} more"] if more > 0 else []
+    return "\n".join([header, *(f"  - {p}" for p in listed), *tail])
+
+
+# ---------------------------------------------------------------------------
+# Reading files.
+# ---------------------------------------------------------------------------
+def _decode(value) -> str:
+    return value.decode("utf8") if isinstance(value, bytes) else str(value)
+
+
+def _read_name_list(group: h5py.Group, name: str) -> list[str]:
+    """Read a Keras-2 list-of-names attribute (possibly split into chunks ``name0, name1, ...``)."""
+    if name in group.attrs:
+        chunks = [group.attrs[name]]
+    else:
+        # Keras 2 split attributes above HDF5's 64 KB header limit into numbered chunks.
+        chunks, i = [], 0
+        while f"{name}{i}" in group.attrs:
+            chunks.append(group.attrs[f"{name}{i}"])
+            i += 1
+    # Keras 2 stored an empty list as an empty float array: keep only the names.
+    return [_decode(v) for chunk in chunks for v in np.atleast_1d(chunk) if isinstance(v, (bytes, str))]
+
+
+def _has_name_list(group: h5py.Group, name: str) -> bool:
+    return name in group.attrs or f"{name}0" in group.attrs
+
+
+def keras2_to_keras3_name(name: str) -> str:
+    """Keras 2's DenseNet named its stem ``conv1/conv``, ``conv1/bn``; Keras 3 uses ``_``."""
+    return name.replace("/", "_")
+
+
+def _keras2_root(f: h5py.File) -> h5py.Group | None:
+    if _has_name_list(f, "layer_names"):
+        return f
+    # A Keras-2 full-model file (model.save) keeps the same layout under "model_weights".
+    if "model_weights" in f and _has_name_list(f["model_weights"], "layer_names"):
+        return f["model_weights"]
+    return None
+
+
+def _read_keras2(root: h5py.Group, source: Path) -> tuple[_FileLayers, dict[str, str]]:
+    """Return arrays per layer (Keras 3 names) and {Keras 3 name: file name} for renamed layers."""
+    backend = root.attrs.get("backend")
+    if backend is not None and _decode(backend) != "tensorflow":
+        # Theano/CNTK files store convolution kernels in another layout.
+        raise WeightsError(
+            f"{source} was saved with the {_decode(backend)!r} backend; only TensorFlow files are supported."
+        )
+    layers: _FileLayers = {}
+    renamed: dict[str, str] = {}
+    for file_name in _read_name_list(root, "layer_names"):
+        if file_name not in root:
+            raise WeightsError(
+                f"{source} is damaged: it lists layer {file_name!r} but holds no group for it."
+            )
+        group = root[file_name]
+        arrays = []
+        for weight_name in _read_name_list(group, "weight_names"):
+            if weight_name not in group:
+                raise WeightsError(
+                    f"{source} is damaged: layer {file_name!r} lists weight {weight_name!r} "
+                    "but holds no data for it."
+                )
+            # "conv1/bn/gamma:0" -> "gamma": the variable's own name, used to check the order.
+            variable = weight_name.rsplit("/", 1)[-1].split(":", 1)[0]
+            arrays.append((variable, np.asarray(group[weight_name])))
+        if not arrays:
+            continue
+        name = keras2_to_keras3_name(file_name)
+        if name in layers:
+            raise WeightsError(f"{source} holds two layers that map to {name!r}.")
+        layers[name] = arrays
+        if name != file_name:
+            renamed[name] = file_name
+    return layers, renamed
+
+
+def _vars_groups(f: h5py.File) -> list[tuple[str, h5py.Group]]:
+    found = []
+
+    def visit(path, obj):
+        if isinstance(obj, h5py.Group) and path.rsplit("/", 1)[-1] == "vars":
+            found.append((path, obj))
+
+    f.visititems(visit)
+    return found
+
+
+def _vars_arrays(group: h5py.Group) -> list[tuple[None, np.ndarray]]:
+    return [(None, np.asarray(group[key])) for key in sorted(group.keys(), key=int)]
+
+
+def _snake_case(class_name: str) -> str:
+    """Keras 3's file key for a layer class (Conv2D -> conv2d, ZeroPadding2D -> zero_padding2d)."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _positional_keys(base: keras.Model) -> dict[str, str]:
+    """Keras 3 keys each layer by class name + counter in layer order: {layer name: key}."""
+    used: dict[str, int] = {}
+    keys = {}
+    for layer in base.layers:
+        stem = _snake_case(type(layer).__name__)
+        used[stem] = used.get(stem, -1) + 1
+        keys[layer.name] = stem if used[stem] == 0 else f"{stem}_{used[stem]}"
+    return keys
+
+
+def _read_keras3(f: h5py.File, base: keras.Model) -> tuple[_FileLayers, str]:
+    """Read a Keras 3 weights store; match by recorded layer name, else by layer position."""
+    # Layer variables live under ".../layers/<key>/vars"; skip optimizer and other state.
+    groups = [(path, g) for path, g in _vars_groups(f) if len(g.keys()) and path.startswith("layers/")]
+    if groups and all("name" in g.attrs for _, g in groups):
+        layers: _FileLayers = {}
+        for path, group in groups:
+            name = _decode(group.attrs["name"])
+            if name in layers:
+                raise WeightsError(
+                    f"The file holds two layers named {name!r} ({path}); cannot tell which is the base's."
+                )
+            layers[name] = _vars_arrays(group)
+        return layers, "name"
+    # Older Keras 3 files record no layer names: keys follow class name + position. Try every
+    # "layers" container (the base itself, or a model holding it) and keep the best fit; the
+    # shape check afterwards still rejects anything that does not fit exactly.
+    keys = _positional_keys(base)
+    containers: list[str] = []
+
+    def visit(path, obj):
+        if isinstance(obj, h5py.Group) and path.rsplit("/", 1)[-1] == "layers":
+            containers.append(path[: -len("layers")].rstrip("/"))
+
+    f.visititems(visit)
+    best: _FileLayers = {}
+    for prefix in dict.fromkeys(containers):
+        candidate = {}
+        for layer_name, key in keys.items():
+            path = "/".join(p for p in (prefix, "layers", key, "vars") if p)
+            if path in f and len(f[path].keys()):
+                candidate[layer_name] = _vars_arrays(f[path])
+        if len(candidate) > len(best):
+            best = candidate
+    logger.warning("The weights file records no layer names; matched DenseNet121 layers by position.")
+    return best, "position"
+
+
+@contextmanager
+def _open_store(path: Path) -> Iterator[tuple[str, h5py.File]]:
+    """Open a weights file as HDF5 and tell its format (by content, not extension)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if _ARCHIVE_WEIGHTS_MEMBER not in archive.namelist():
+                raise WeightsError(
+                    f"{path} is a zip archive without {_ARCHIVE_WEIGHTS_MEMBER}: not a Keras 3 model file."
+                )
+            data = archive.read(_ARCHIVE_WEIGHTS_MEMBER)
+        with h5py.File(io.BytesIO(data), "r") as f:
+            yield FORMAT_KERAS3_ARCHIVE, f
+        return
+    if not h5py.is_hdf5(path):
+        raise WeightsError(
+            f"{path} is neither HDF5 nor a .keras archive (a truncated download or an HTML error page?). "
+            "Delete it and fetch the weights again."
+        )
+    with h5py.File(path, "r") as f:
+        if _keras2_root(f) is not None:
+            yield FORMAT_KERAS2, f
+        elif "layers" in f or "vars" in f:
+            yield FORMAT_KERAS3_WEIGHTS, f
+        else:
+            raise WeightsError(
+                f"{path} is an HDF5 file but not Keras weights (no 'layer_names', no 'layers')."
+            )
+
+
+def require_chexnet_weights(path: str | os.PathLike | None = None) -> Path:
+    """Resolve the weights path (argument, $COVID_XRAY_CHEXNET_WEIGHTS, default) and require a file there.
+
+    Raises:
+        WeightsNotFoundError: nothing there; the message says how to get the weights.
+        WeightsError: the path is not a regular file.
+    """
+    resolved = config.resolve_chexnet_weights(path)
+    if not resolved.exists():
+        raise WeightsNotFoundError(resolved)
+    if not resolved.is_file():
+        raise WeightsError(f"{resolved} is not a file; expected {config.CHEXNET_WEIGHTS_FILENAME}.")
+    return resolved
+
+
+def detect_format(path: str | os.PathLike | None = None) -> tuple[str, str | None]:
+    """Return (format, Keras version recorded in the file or None) without building a model.
+
+    Raises:
+        WeightsNotFoundError: no file at the resolved path.
+        WeightsError: the file is not a recognised weights file.
+    """
+    resolved = require_chexnet_weights(path)
+    with _open_store(resolved) as (file_format, f):
+        version = None
+        if file_format == FORMAT_KERAS2:
+            raw = f.attrs.get("keras_version", _keras2_root(f).attrs.get("keras_version"))
+            version = _decode(raw) if raw is not None else None
+        return file_format, version
+
+
+# ---------------------------------------------------------------------------
+# Loading into the base.
+# ---------------------------------------------------------------------------
+def _match_layer(layer, arrays: list[tuple[str | None, np.ndarray]]) -> tuple[list[np.ndarray], list[str]]:
+    """Order a file layer's arrays like `layer.weights`; return (arrays, problems)."""
+    expected = [w.name for w in layer.weights]
+    file_names = [name for name, _ in arrays]
+    if len(arrays) != len(expected):
+        return [], [
+            f"{layer.name}: the file has {len(arrays)} arrays {file_names}, DenseNet121 expects "
+            f"{len(expected)} {expected}"
+        ]
+    if None not in file_names and file_names != expected and sorted(file_names) == sorted(expected):
+        by_name = dict(arrays)
+        arrays = [(name, by_name[name]) for name in expected]
+    problems = []
+    for variable, (_, value) in zip(layer.weights, arrays, strict=True):
+        if tuple(value.shape) != tuple(variable.shape):
+            problems.append(
+                f"{layer.name}/{variable.name}: expected shape {tuple(variable.shape)}, "
+                f"the file has {tuple(value.shape)}"
+            )
+    return [value for _, value in arrays], problems
+
+
+def load_chexnet_base_weights(base: keras.Model, path: str | os.PathLike | None = None) -> LoadReport:
+    """Load CheXNet weights into a Keras 3 DenseNet121 base (``include_top=False``), all or nothing.
+
+    Every base layer with weights must be in the file with exactly the right shapes; file layers
+    that are not part of the base (the published 14-finding ``predictions`` head) are skipped and
+    reported. Nothing is assigned unless the whole base fits.
+
+    Args:
+        base: the DenseNet121 base, ``keras.applications.DenseNet121(include_top=False,
+            weights=None, ...)``, before any head is added.
+        path: weights file; ``None`` resolves $COVID_XRAY_CHEXNET_WEIGHTS, else the default.
+
+    Returns:
+        A `LoadReport`; ``loaded_params`` equals the base's parameter count (7,037,504).
+
+    Raises:
+        WeightsNotFoundError: no file at the resolved path (message says how to get one).
+        WeightsError: unreadable file, or any base layer missing / of the wrong shape.
+    """
+    resolved = require_chexnet_weights(path)
+    keras_version = None
+    with _open_store(resolved) as (file_format, f):
+        if file_format == FORMAT_KERAS2:
+            root = _keras2_root(f)
+            file_layers, renamed = _read_keras2(root, resolved)
+            raw = f.attrs.get("keras_version", root.attrs.get("keras_version"))
+            keras_version = _decode(raw) if raw is not None else None
+            matched_by = "name"
+        else:
+            file_layers, matched_by = _read_keras3(f, base)
+            renamed = {}
+
+    weighted = [layer for layer in base.layers if layer.weights]
+    missing = [layer.name for layer in weighted if layer.name not in file_layers]
+    problems = [f"{name}: missing from the file" for name in missing]
+    assignments = []
+    for layer in weighted:
+        if layer.name in file_layers:
+            values, layer_problems = _match_layer(layer, file_layers[layer.name])
+            problems += layer_problems
+            assignments.append((layer, values))
+    if problems:
+        hint = ""
+        if len(missing) == len(weighted):
+            hint = "\nNo layer matched: this does not look like DenseNet121 weights."
+        raise WeightsError(
+            _format_problems(
+                f"{resolved} does not fit DenseNet121 ({len(problems)} problem(s)); nothing was loaded:",
+                problems,
+            )
+            + hint,
+            problems=tuple(problems),
+        )
+
+    # All checks passed: only now touch the model, so a bad file never leaves a half-loaded base.
+    for layer, values in assignments:
+        layer.set_weights(values)
+    loaded_params = int(sum(value.size for _, values in assignments for value in values))
+    base_names = {layer.name for layer in base.layers}
+    report = LoadReport(
+        path=resolved,
+        file_format=file_format,
+        keras_version=keras_version,
+        loaded_layers=tuple(layer.name for layer, _ in assignments),
+        loaded_params=loaded_params,
+        skipped_layers=tuple(name for name in file_layers if name not in base_names),
+        renamed_layers=tuple((renamed[name], name) for name in renamed if name in base_names),
+        matched_by=matched_by,
+    )
+    unexpected = [name for name in report.skipped_layers if name not in CHEXNET_HEAD_LAYERS]
+    if file_format == FORMAT_KERAS2 and unexpected:
+        logger.warning("The weights file holds layers that are not DenseNet121 (ignored): %s", unexpected)
+    logger.info(report.summary())
+    return report
+
+
+def verify_weights_file(path: str | os.PathLike | None = None) -> LoadReport:
+    """Build a fresh DenseNet121 base and load `path` into it (a full structural check)."""
+    import keras
+
+    from covid_xray.models import build_densenet_base
+
+    base = build_densenet_base(keras.Input(shape=config.INPUT_SHAPE, name="image"))
+    return load_chexnet_base_weights(base, path)
+
+
+# ---------------------------------------------------------------------------
+# Getting the file: download or install a local copy.
+# ---------------------------------------------------------------------------
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_hash(actual: str, expected: str | None, what: str) -> None:
+    if expected is None:
+        logger.warning("No --sha256 given for %s; its SHA-256 is %s (pin it next time).", what, actual)
+    elif actual != expected.strip().lower():
+        raise WeightsError(f"SHA-256 mismatch for {what}: expected {expected.strip().lower()}, got {actual}.")
+
+
+def _atomic_target(dest: str | os.PathLike | None) -> tuple[Path, Path]:
+    """Resolve dest and create a temporary file beside it (same filesystem: atomic rename)."""
+    final = config.resolve_chexnet_weights(dest)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    os.close(fd)
+    return final, Path(tmp)
+
+
+def fetch(
+    url: str,
+    sha256: str | None,
+    dest: str | os.PathLike | None = None,
+    *,
+    verify_structure: bool = False,
+    timeout: float = DOWNLOAD_TIMEOUT_S,
+) -> Path:
+    """Download the weights to a temporary file, check them, then move them into place atomically.
+
+    Args:
+        url: http(s) or file:// URL.
+        sha256: expected hex digest; ``None`` skips the check (and logs the actual digest).
+        dest: target path; ``None`` resolves $COVID_XRAY_CHEXNET_WEIGHTS, else the default.
+        verify_structure: also require the file to load as a complete DenseNet121 base.
+        timeout: network timeout in seconds.
+
+    Returns:
+        The final path.
+
+    Raises:
+        WeightsError: download failed, hash mismatch, or (with verify_structure) a bad file;
+            the partial download is removed and `dest` is left untouched.
+    """
+    scheme = url.split(":", 1)[0].lower()
+    if scheme not in ("http", "https", "file"):
+        raise WeightsError(f"Unsupported URL scheme {scheme!r} in {url!r}; use https:// or file://.")
+    final, tmp = _atomic_target(dest)
+    try:
+        digest = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+        except (urllib.error.URLError, OSError) as exc:
+            raise WeightsError(f"Could not download {url}: {exc}") from exc
+        _check_hash(digest.hexdigest(), sha256, url)
+        if verify_structure:
+            verify_weights_file(tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("CheXNet weights saved to %s", final)
+    return final
+
+
+def install(
+    source: str | os.PathLike, dest: str | os.PathLike | None = None, sha256: str | None = None
+) -> LoadReport:
+    """Check a local weights file (hash, loads as a complete DenseNet121) and copy it into place.
+
+    Raises:
+        WeightsError: no such file, hash mismatch, or a file that does not fit DenseNet121.
+    """
+    source = Path(source).expanduser().resolve()
+    if not source.is_file():
+        raise WeightsError(f"No file to install at {source}.")
+    _check_hash(sha256_file(source), sha256, str(source))
+    report = verify_weights_file(source)
+    final, tmp = _atomic_target(dest)
+    try:
+        if final != source:
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("CheXNet weights installed at %s", final)
+    return report
+
+
+# ---------------------------------------------------------------------------
+# CLI.
+# ---------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m covid_xray.weights", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    dest_help = (
+        f"target path (default: ${config.CHEXNET_WEIGHTS_ENV_VAR}, else {config.DEFAULT_CHEXNET_WEIGHTS})"
+    )
+
+    p = sub.add_parser("fetch", help="download the weights, check the hash and that they load")
+    p.add_argument("--url", default=CHEXNET_WEIGHTS_URL, required=CHEXNET_WEIGHTS_URL is None)
+    p.add_argument("--sha256", default=CHEXNET_WEIGHTS_SHA256, help="expected SHA-256 (hex)")
+    p.add_argument("--dest", help=dest_help)
+
+    p = sub.add_parser("install", help="check a local copy of the weights and copy it into place")
+    p.add_argument("source", help=f"path to {config.CHEXNET_WEIGHTS_FILENAME}")
+    p.add_argument("--sha256", default=None, help="expected SHA-256 (hex)")
+    p.add_argument("--dest", help=dest_help)
+
+    p = sub.add_parser("verify", help="load the weights into DenseNet121 and print the parameter count")
+    p.add_argument("path", nargs="?", help=dest_help)
+
+    p = sub.add_parser("check", help="say whether the weights are present (exit 1 if not)")
+    p.add_argument("path", nargs="?", help=dest_help)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 missing or bad weights)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "fetch":
+            path = fetch(args.url, args.sha256, args.dest, verify_structure=True)
+            print(f"CheXNet weights ready at {path} (sha256 {sha256_file(path)}).")
+        elif args.command == "install":
+            report = install(args.source, args.dest, args.sha256)
+            print(f"CheXNet weights installed at {config.resolve_chexnet_weights(args.dest)}.")
+            print(report.summary())
+        elif args.command == "verify":
+            report = verify_weights_file(args.path)
+            print(report.summary())
+            print(f"parameters: {report.loaded_params}")
+        else:
+            file_format, version = detect_format(args.path)
+            path = config.resolve_chexnet_weights(args.path)
+            version_text = f", Keras {version}" if version else ""
+            print(f"CheXNet weights present: {path} ({FORMAT_DESCRIPTIONS[file_format]}{version_text}).")
+    except WeightsError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
