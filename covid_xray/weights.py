@@ -62,6 +62,11 @@ CHEXNET_PROJECT_URL = "https://github.com/brucechou1983/CheXNet-Keras"
 # shows placeholders and says where to find the link. Set these once they are verified.
 CHEXNET_WEIGHTS_URL: str | None = None
 CHEXNET_WEIGHTS_SHA256: str | None = None
+# A public Kaggle dataset that mirrors CHEXNET_WEIGHTS_FILENAME; `fetch-kaggle` downloads it with
+# kagglehub and installs it only if it loads as a complete DenseNet121 (a mirror is checked, not trusted).
+CHEXNET_KAGGLE_DATASET = "sinamhd9/chexnet-weights"
+# The one command that fixes missing weights for a user with internet access.
+FIX_COMMAND = "pip install kagglehub && python -m covid_xray.weights fetch-kaggle"
 # Keras-2 layer groups that are not part of DenseNet121 (the 14-finding ChestX-ray14 head).
 CHEXNET_HEAD_LAYERS = ("predictions",)
 DOWNLOAD_TIMEOUT_S = 60
@@ -171,7 +176,9 @@ def missing_weights_message(path: str | os.PathLike) -> str:
     lines = [
         f"CheXNet weights are missing: no file at {path} ({_describe_source(path)}).",
         f"CheXNet needs the published CheXNet DenseNet121 weights ({name}, from {CHEXNET_PROJECT_URL}).",
-        "Fix it with one command:",
+        "Fix it with one command (needs internet; downloads the Kaggle mirror and checks it loads):",
+        f"    {FIX_COMMAND}{dest}",
+        "or from a direct link:",
         f"    python -m covid_xray.weights fetch --url {url} --sha256 {sha}{dest}",
     ]
     if not CHEXNET_WEIGHTS_URL:
@@ -613,6 +620,27 @@ def install(
     return report
 
 
+def fetch_from_kaggle(handle: str = CHEXNET_KAGGLE_DATASET, dest: str | os.PathLike | None = None) -> LoadReport:
+    """Download a Kaggle dataset holding the weights file (kagglehub) and install it.
+
+    Raises:
+        WeightsError: kagglehub missing, the download failed, no weights file in it, or the
+            file does not load as a complete DenseNet121.
+    """
+    try:
+        import kagglehub
+    except ImportError as exc:
+        raise WeightsError("kagglehub is not installed: run `pip install kagglehub` first.") from exc
+    try:
+        folder = Path(kagglehub.dataset_download(handle))
+    except Exception as exc:  # network, auth and API errors all end here, for people.
+        raise WeightsError(f"Could not download Kaggle dataset {handle}: {exc}") from exc
+    candidates = sorted(folder.rglob(config.CHEXNET_WEIGHTS_FILENAME)) or sorted(folder.rglob("*.h5"))
+    if not candidates:
+        raise WeightsError(f"Kaggle dataset {handle} holds no .h5 weights file (looked in {folder}).")
+    return install(candidates[0], dest)
+
+
 # ---------------------------------------------------------------------------
 # CLI.
 # ---------------------------------------------------------------------------
@@ -626,6 +654,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fetch", help="download the weights, check the hash and that they load")
     p.add_argument("--url", default=CHEXNET_WEIGHTS_URL, required=CHEXNET_WEIGHTS_URL is None)
     p.add_argument("--sha256", default=CHEXNET_WEIGHTS_SHA256, help="expected SHA-256 (hex)")
+    p.add_argument("--dest", help=dest_help)
+
+    p = sub.add_parser("fetch-kaggle", help="download the weights from a Kaggle mirror (kagglehub) and install them")
+    p.add_argument("--dataset", default=CHEXNET_KAGGLE_DATASET, help="Kaggle dataset handle")
     p.add_argument("--dest", help=dest_help)
 
     p = sub.add_parser("install", help="check a local copy of the weights and copy it into place")
@@ -649,6 +681,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             path = fetch(args.url, args.sha256, args.dest, verify_structure=True)
             print(f"CheXNet weights ready at {path} (sha256 {sha256_file(path)}).")
+        elif args.command == "fetch-kaggle":
+            report = fetch_from_kaggle(args.dataset, args.dest)
+            print(f"CheXNet weights installed at {config.resolve_chexnet_weights(args.dest)}.")
+            print(report.summary())
         elif args.command == "install":
             report = install(args.source, args.dest, args.sha256)
             print(f"CheXNet weights installed at {config.resolve_chexnet_weights(args.dest)}.")

@@ -320,3 +320,34 @@ def test_cli_check_install_and_verify(keras2_file, tmp_path, monkeypatch, capsys
     # A wrong checksum refuses the install and leaves the installed file alone.
     assert main(["install", str(path), "--sha256", "f" * 64, "--dest", str(tmp_path / "x.h5")]) == 1
     assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.slow
+def test_fetch_from_kaggle_installs_a_checked_mirror(tmp_path, monkeypatch, keras2_file):
+    """The one-command fix: a (fake, offline) kagglehub download is verified, then installed."""
+    import types
+
+    from covid_xray.weights import FIX_COMMAND as ONE_COMMAND
+    from covid_xray.weights import fetch_from_kaggle, missing_weights_message
+
+    path, _ = keras2_file
+    mirror = tmp_path / "kaggle" / "versions" / "1"
+    mirror.mkdir(parents=True)
+    shutil.copyfile(path, mirror / config.CHEXNET_WEIGHTS_FILENAME)
+    fake = types.SimpleNamespace(dataset_download=lambda handle: str(tmp_path / "kaggle"))
+    monkeypatch.setitem(sys.modules, "kagglehub", fake)
+    dest = tmp_path / "installed.h5"
+    report = fetch_from_kaggle(dest=dest)
+    assert dest.exists() and report.loaded_params == CHEXNET_BASE_PARAMS
+    assert ONE_COMMAND in missing_weights_message(tmp_path / "absent.h5")
+
+
+def test_fetch_from_kaggle_without_an_h5_is_refused(tmp_path, monkeypatch):
+    import types
+
+    from covid_xray.weights import WeightsError, fetch_from_kaggle
+
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setitem(sys.modules, "kagglehub", types.SimpleNamespace(dataset_download=lambda h: str(tmp_path / "empty")))
+    with pytest.raises(WeightsError, match="no .h5"):
+        fetch_from_kaggle(dest=tmp_path / "x.h5")
