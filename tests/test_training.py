@@ -1,0 +1,180 @@
+"""Training: the CLI end to end on a tiny budget (both models), the distributed path on two
+logical CPUs, and the pieces of the recipe (best-weights restore, config validation)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from covid_xray.config import PROJECT_ROOT
+from covid_xray.training import TrainConfig, _best_weights_callback, _limit_per_class
+
+TINY = ["--epochs", "1", "--augment-epochs", "1", "--max-per-class", "4", "--batch-size", "8", "--quiet"]
+
+
+def run_cli(args, env_extra=None, timeout=900):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="Unknown model"):
+        TrainConfig(model="vgg")
+    with pytest.raises(ValueError, match="protocol"):
+        TrainConfig(protocol="kaggle")
+    with pytest.raises(ValueError, match="strategy"):
+        TrainConfig(strategy="tpu")
+    assert TrainConfig(model="chexnet", protocol="paper").preprocessing == "unit"
+    assert TrainConfig(model="chexnet").preprocessing == "imagenet"
+
+
+def test_keep_best_weights_restores_lowest_val_loss():
+    import keras
+
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    cb = _best_weights_callback()()
+    cb.set_model(model)
+    losses = [0.9, 0.5, 0.7]
+    snapshots = []
+    for epoch, loss in enumerate(losses):
+        model.set_weights([np.full((1, 1), float(epoch)), np.zeros(1)])
+        snapshots.append(model.get_weights())
+        cb.on_epoch_end(epoch, {"val_loss": loss})
+    cb.on_train_end()
+    assert cb.best_epoch == 2
+    np.testing.assert_array_equal(model.get_weights()[0], snapshots[1][0])
+
+
+def test_limit_per_class_keeps_order():
+    from covid_xray.data import Sample
+
+    samples = [Sample(Path(f"/x/train/Covid/{i}.png"), "train", "Covid") for i in range(5)]
+    assert _limit_per_class(samples, 2) == samples[:2]
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_davidnet_cli(tmp_path, data_dir):
+    ckpt, runs, out = tmp_path / "ckpt", tmp_path / "runs", tmp_path / "reports"
+    result = run_cli(
+        ["train.py", "--model", "davidnet", *TINY, "--checkpoint-dir", str(ckpt), "--run-dir", str(runs)]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.loads((ckpt / "davidnet.json").read_text())
+    assert meta["preprocessing"] == "unit" and meta["protocol"] == "default"
+    assert meta["kept"]["epoch"] == 1 and meta["split_sizes"]["train"] == 12
+    assert set(meta["versions"]) >= {"tensorflow", "keras", "numpy"}
+    assert len(meta["dataset_manifest"]) == 64 and len(meta["sha256"]) == 64
+    assert (runs / "log_plain.csv").exists() and (runs / "tensorboard").is_dir()
+    history = list(csv.DictReader(open(ckpt / "davidnet_history.csv")))
+    assert [r["phase"] for r in history] == ["plain", "augmented"]
+
+    args = ["-m", "covid_xray.evaluate", "--model", "davidnet", "--checkpoint", str(ckpt / "davidnet.keras")]
+    first = run_cli([*args, "--out", str(out)])
+    assert first.returncode == 0, first.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == metrics["subsets"]["official"]["n"] == 66
+    # The metrics agree with the predictions file.
+    acc = np.mean([r["true"] == r["predicted"] for r in rows])
+    assert metrics["subsets"]["official"]["accuracy"] == pytest.approx(acc)
+    clean = [r for r in rows if r["leaked"] == "0"]
+    assert metrics["subsets"]["leakage_free"]["n"] == len(clean) < 66
+    for name in ("confusion_official.png", "confusion_leakage_free.png", "history.csv"):
+        assert (out / name).exists()
+    # Evaluation is deterministic: a second run writes the same predictions byte for byte.
+    second = run_cli([*args, "--out", str(tmp_path / "again")])
+    assert second.returncode == 0
+    assert (tmp_path / "again" / "predictions.csv").read_bytes() == (out / "predictions.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path, data_dir):
+    result = run_cli(
+        [
+            "train.py",
+            "--model",
+            "davidnet",
+            *TINY,
+            "--augment-epochs",
+            "0",
+            "--strategy",
+            "mirrored",
+            "--logical-cpus",
+            "2",
+            "--checkpoint-dir",
+            str(tmp_path),
+            "--run-dir",
+            str(tmp_path / "runs"),
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.loads((tmp_path / "davidnet.json").read_text())
+    assert meta["strategy"] == "MirroredStrategy" and meta["replicas"] == 2
+
+
+@pytest.mark.slow
+def test_chexnet_cli_without_weights_says_how_to_fix(tmp_path, data_dir):
+    result = run_cli(
+        ["train.py", "--model", "chexnet", *TINY, "--checkpoint-dir", str(tmp_path)],
+        {"COVID_XRAY_CHEXNET_WEIGHTS": str(tmp_path / "nope.h5")},
+    )
+    assert result.returncode != 0
+    assert "python -m covid_xray.weights" in result.stderr
+    assert not (tmp_path / "chexnet.keras").exists()
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_chexnet_with_synthetic_weights(tmp_path, data_dir):
+    from tests.chexnet_fixtures import write_keras2_chexnet_weights
+
+    weights = tmp_path / "chexnet_base.h5"
+    write_keras2_chexnet_weights(weights, seed=0)
+    env = {"COVID_XRAY_CACHE": str(tmp_path / "cache")}
+    ckpt, out = tmp_path / "ckpt", tmp_path / "reports"
+    result = run_cli(
+        [
+            "train.py",
+            "--model",
+            "chexnet",
+            *TINY,
+            "--feature-views",
+            "2",
+            "--chexnet-weights",
+            str(weights),
+            "--checkpoint-dir",
+            str(ckpt),
+            "--run-dir",
+            str(tmp_path / "runs"),
+        ],
+        env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.loads((ckpt / "chexnet.json").read_text())
+    assert meta["preprocessing"] == "imagenet" and len(meta["chexnet_base_sha256"]) == 64
+    # Cached features: one file per split and view set; a rerun reuses them.
+    assert len(list((tmp_path / "cache").glob("features_*.npy"))) == 3
+    result = run_cli(
+        [
+            "-m",
+            "covid_xray.evaluate",
+            "--model",
+            "chexnet",
+            "--checkpoint",
+            str(ckpt / "chexnet.keras"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("metrics.json", "predictions.csv", "confusion_official.png", "confusion_leakage_free.png"):
+        assert (out / name).exists()
