@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics = evaluate_model(args.model, args.data_dir, args.out, args.checkpoint)
     except (CheckpointError, DatasetNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if args.model == "chexnet" and not config.resolve_chexnet_weights().exists():
+            from covid_xray.weights import missing_weights_message
+
+            print(missing_weights_message(config.resolve_chexnet_weights()), file=sys.stderr)
         return 2
     for key, sub in metrics["subsets"].items():
         print(f"{args.model} {key:13s} n={sub['n']:3d} accuracy={sub['accuracy']:.4f} macro_f1={sub['macro_f1']:.4f}")

@@ -31,11 +31,14 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "runs" / "sweep"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--model", default="davidnet")
+    parser.add_argument("--grid", type=json.loads, default=GRID,
+                        help='JSON object of train.py flags to lists of values, e.g. \'{"lr": ["1e-3"], "batch-size": ["16"]}\'')
     args = parser.parse_args()
+    grid = args.grid
     results = {}
-    for values in itertools.product(*GRID.values()):
-        flags = [x for pair in zip([f"--{k}" for k in GRID], values) for x in pair]
-        name = "_".join(f"{k}={v}" for k, v in zip(GRID, values))
+    for values in itertools.product(*grid.values()):
+        flags = [x for pair in zip([f"--{k}" for k in grid], values) for x in pair]
+        name = "_".join(f"{k}={v}" for k, v in zip(grid, values))
         for seed in args.seeds:
             run = Path(args.out) / name / f"seed{seed}"
             meta_path = run / f"{args.model}.json"
