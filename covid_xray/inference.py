@@ -1,0 +1,404 @@
+"""Serving path: load every registered model once, warm it, then predict and explain one image.
+
+The app, its API endpoint and the error gallery all go through one :class:`Predictor`:
+
+    predictor = Predictor.from_checkpoints()
+    result = predictor.predict("scan.dcm", method="gradcam", alpha=0.4)
+    result.models["davidnet"].probabilities   # {"Covid": .., "Normal": .., "Viral Pneumonia": ..}
+    result.to_api_json()
+
+A model whose checkpoint (or, for CheXNet, base weights) is missing is recorded as unavailable
+with a message for people that names the exact fix; the other model keeps working.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from covid_xray import config, imaging, preprocessing
+from covid_xray.config import CLASS_DISPLAY_NAMES, CLASS_NAMES, IMAGE_SIZE, MODELS
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------
+# Configurable parameters.
+# ---------------------------------------------------------------------------
+# Uploaded scans can be 4000 px wide; the page shows them (and their heatmaps) at most this big.
+DISPLAY_MAX_SIDE = 512
+# JPEG draft decoding keeps both sides >= twice the model input, the same hint the dataset
+# pipeline uses, so the app feeds the models exactly the pixels that evaluation fed them.
+DECODE_DRAFT_SIZE = IMAGE_SIZE * 2
+DEFAULT_METHOD = "gradcam"
+DEFAULT_ALPHA = 0.4
+# Explanations kept in memory (per model, method and image): moving the opacity slider or
+# re-opening an image re-uses them instead of recomputing Score-CAM on 2 vCPUs.
+EXPLANATION_CACHE_SIZE = 64
+# Human names of the explanation methods, in the order the UI offers them.
+METHOD_DISPLAY_NAMES: dict[str, str] = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "scorecam": "Score-CAM",
+}
+
+
+def configure_cpu_threads(intra_op: int = 2, inter_op: int = 1) -> bool:
+    """Size TensorFlow's thread pools for a small CPU box (a 2-vCPU Space by default).
+
+    Must run before TensorFlow executes its first operation; later calls change nothing and
+    return False (logged), which is harmless in tests that already used TensorFlow.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError as exc:
+        logger.info("TensorFlow thread pools already initialised; keeping them (%s).", exc)
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Results.
+# ---------------------------------------------------------------------------
+@dataclass
+class ModelPrediction:
+    """One model's answer for one image (or why it has none)."""
+
+    name: str
+    display_name: str
+    available: bool
+    message: str = ""
+    probabilities: dict[str, float] = field(default_factory=dict)  # keys: CLASS_NAMES
+    predicted: str | None = None
+    confidence: float | None = None
+    method: str | None = None
+    heatmap: np.ndarray | None = None  # IMAGE_SIZE x IMAGE_SIZE float32 in [0, 1]
+    overlay: np.ndarray | None = None  # uint8 RGB, the display image's size
+
+    def label_value(self) -> dict[str, float] | None:
+        """`gr.Label` value: {display class name: probability}; None when unavailable."""
+        if not self.available:
+            return None
+        return {CLASS_DISPLAY_NAMES[c]: p for c, p in self.probabilities.items()}
+
+    def summary_markdown(self) -> str:
+        """One line for people: the predicted class and how the heatmap was made."""
+        if not self.available:
+            return f"**{self.display_name} not installed.**"
+        text = f"**{self.display_name}: {CLASS_DISPLAY_NAMES[self.predicted]}** ({self.confidence:.1%})"
+        if self.method:
+            text += (
+                f"  \n{METHOD_DISPLAY_NAMES[self.method]} evidence for {CLASS_DISPLAY_NAMES[self.predicted]}"
+            )
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        if not self.available:
+            return {"available": False, "message": self.message}
+        return {
+            "available": True,
+            "prediction": self.predicted,
+            "probabilities": dict(self.probabilities),
+        }
+
+
+@dataclass
+class PredictionResult:
+    """Both models' answers for one image, plus the image as displayed."""
+
+    image: np.ndarray  # uint8 RGB display image (at most DISPLAY_MAX_SIDE per side)
+    models: dict[str, ModelPrediction]
+    method: str | None
+    alpha: float
+
+    def to_api_json(self) -> dict[str, Any]:
+        """The API's JSON, per model: `{available, prediction, probabilities}` or `{available, message}`."""
+        return {name: prediction.to_json() for name, prediction in self.models.items()}
+
+    @property
+    def models_disagree(self) -> bool:
+        """True when at least two available models predict different classes."""
+        return len({p.predicted for p in self.models.values() if p.available}) > 1
+
+
+# ---------------------------------------------------------------------------
+# Loading.
+# ---------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    """A model ready to serve: its explainer and the input normalisation it was trained with."""
+
+    name: str
+    explainer: Any  # covid_xray.explain.Explainer
+    preprocessing: str
+    metadata: dict
+
+
+def _unavailable_message(
+    name: str, checkpoint: Path, weights_path: str | os.PathLike | None, error: str
+) -> str:
+    """Plain text for people: what is missing and the exact commands that fix it."""
+    spec = MODELS[name]
+    train_command = f"    python train.py --model {name}"
+    if checkpoint.exists():
+        return f"{spec.display_name} could not be loaded from {checkpoint}:\n{error}"
+    lines = [f"{spec.display_name} is not installed: no trained checkpoint at {checkpoint}."]
+    if name == "chexnet":
+        weights = config.resolve_chexnet_weights(weights_path)
+        if weights.exists():
+            lines += [f"CheXNet base weights found at {weights}; train the model:", train_command]
+        else:
+            from covid_xray.weights import missing_weights_message
+
+            lines += [missing_weights_message(weights), "Then train the model:", train_command]
+    else:
+        lines += ["Train it:", train_command]
+    return "\n".join(lines)
+
+
+def unavailable_markdown(display_name: str, message: str) -> str:
+    """The "not installed" panel shown in place of a model's column.
+
+    Lines of the message indented by 4 spaces are commands: they become code blocks (easy to
+    copy); the rest wraps as text, with `<` `>` escaped so placeholders like <URL> stay visible.
+    """
+    parts, commands = [f"### {display_name} not installed"], []
+
+    def flush() -> None:
+        if commands:
+            parts.append("```bash\n" + "\n".join(commands) + "\n```")
+            commands.clear()
+
+    for line in message.splitlines():
+        if line.startswith("    "):
+            commands.append(line.strip())
+            continue
+        flush()
+        if line.strip():
+            parts.append(line.strip().replace("<", "&lt;").replace(">", "&gt;"))
+    flush()
+    return "\n\n".join(parts)
+
+
+def load_model(
+    name: str, checkpoint_dir: str | os.PathLike | None = None, *, scorecam_max_n: int | None = None
+) -> LoadedModel:
+    """Load one registered model's checkpoint (safe mode, sha256-checked) and build its explainer.
+
+    Raises:
+        CheckpointError: missing, corrupted or unloadable checkpoint.
+    """
+    from covid_xray.checkpoints import load_checkpoint
+    from covid_xray.explain import Explainer
+
+    spec = config.get_model_spec(name)
+    model, metadata = load_checkpoint(spec.checkpoint_path(checkpoint_dir))
+    mode = metadata.get("preprocessing")
+    if mode not in preprocessing.PREPROCESSING_MODES:
+        mode = spec.preprocessing_for("default")
+        logger.warning("Checkpoint of %s records no preprocessing mode; assuming %r.", name, mode)
+    kwargs = {} if scorecam_max_n is None else {"scorecam_max_n": scorecam_max_n}
+    explainer = Explainer(model, spec.gradcam_layer, **kwargs)
+    return LoadedModel(name=name, explainer=explainer, preprocessing=mode, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------
+# Image helpers.
+# ---------------------------------------------------------------------------
+def decode_source(source) -> np.ndarray:
+    """An 8-bit RGB array from a path/bytes (via `imaging.load_image`) or an image array.
+
+    Raises:
+        imaging.ImageDecodeError: not a usable image (the message is meant for people).
+    """
+    if isinstance(source, np.ndarray):
+        rgb = source
+        if rgb.dtype != np.uint8:
+            raise imaging.ImageDecodeError(
+                f"Expected an 8-bit image array, got dtype {rgb.dtype}.", "not_an_image"
+            )
+        if rgb.ndim == 2:
+            rgb = np.repeat(rgb[..., None], 3, axis=2)
+        if rgb.ndim != 3 or rgb.shape[2] not in (3, 4):
+            raise imaging.ImageDecodeError(
+                f"Expected an HxWx3 RGB image, got shape {rgb.shape}.", "not_an_image"
+            )
+        return np.ascontiguousarray(rgb[..., :3])
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    return imaging.load_image(source, draft_size=DECODE_DRAFT_SIZE)
+
+
+def display_image(rgb: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
+    """Shrink an image (aspect ratio kept) so that its longer side is at most `max_side`."""
+    height, width = rgb.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1.0:
+        return rgb
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
+# ---------------------------------------------------------------------------
+# Predictor.
+# ---------------------------------------------------------------------------
+class Predictor:
+    """All registered models, loaded once and warmed; predicts and explains one image at a time.
+
+    Args:
+        loaded: available models by name.
+        unavailable: {name: message for people} for models that could not be loaded.
+    """
+
+    def __init__(self, loaded: dict[str, LoadedModel], unavailable: dict[str, str] | None = None):
+        self.loaded = dict(loaded)
+        self.unavailable = dict(unavailable or {})
+        self._cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        # Gradio may call from several worker threads; one image at a time keeps a 2-vCPU box
+        # responsive and the explainers' state safe.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        checkpoint_dir: str | os.PathLike | None = None,
+        weights_path: str | os.PathLike | None = None,
+        *,
+        warm_up: bool = True,
+        scorecam_max_n: int | None = None,
+    ) -> Predictor:
+        """Load every model in `config.MODELS` from its checkpoint; record the missing ones.
+
+        Args:
+            checkpoint_dir: folder of `<model>.keras` files (default: `config.resolve_checkpoint_dir()`).
+            weights_path: CheXNet base weights, only used to say what is missing.
+            warm_up: trace every compiled function once now, so that the first request is fast.
+            scorecam_max_n: feature maps kept by Score-CAM (the explainer's default if None).
+        """
+        from covid_xray.checkpoints import CheckpointError
+        from covid_xray.explain import ExplainerError
+
+        loaded, unavailable = {}, {}
+        for name, spec in MODELS.items():
+            checkpoint = spec.checkpoint_path(checkpoint_dir)
+            try:
+                loaded[name] = load_model(name, checkpoint_dir, scorecam_max_n=scorecam_max_n)
+            except (CheckpointError, ExplainerError) as exc:
+                unavailable[name] = _unavailable_message(name, checkpoint, weights_path, str(exc))
+                logger.warning("%s unavailable: %s", spec.display_name, exc)
+                continue
+            if warm_up:
+                loaded[name].explainer.warm_up()
+            logger.info(
+                "Loaded %s from %s (preprocessing %r).",
+                spec.display_name,
+                checkpoint,
+                loaded[name].preprocessing,
+            )
+        return cls(loaded, unavailable)
+
+    @property
+    def available_models(self) -> list[str]:
+        return [name for name in MODELS if name in self.loaded]
+
+    def is_available(self, name: str) -> bool:
+        return name in self.loaded
+
+    def status_message(self, name: str) -> str:
+        """Empty for an available model; otherwise what is missing and how to fix it."""
+        return self.unavailable.get(name, "")
+
+    def predict(
+        self,
+        source,
+        method: str | None = DEFAULT_METHOD,
+        alpha: float = DEFAULT_ALPHA,
+    ) -> PredictionResult:
+        """Predict (and explain) one image with every model.
+
+        Args:
+            source: a file path, the file's bytes, or a uint8 RGB (or grayscale) array.
+            method: one of `explain.METHODS`, or None for probabilities only (the API's fast path).
+            alpha: heatmap opacity in [0, 1].
+
+        Raises:
+            imaging.ImageDecodeError: the source is not a usable image.
+            ValueError: unknown method or alpha outside [0, 1].
+        """
+        from covid_xray.explain import METHODS
+
+        if method is not None and method not in METHODS:
+            raise ValueError(f"Unknown explanation method {method!r}; expected one of {METHODS} or None.")
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+        rgb = decode_source(source)
+        shown = display_image(rgb)
+        # The models see the full decoded image resized once, exactly like training/evaluation.
+        model_input = preprocessing.resize_for_model(rgb)
+        digest = hashlib.sha256(np.ascontiguousarray(model_input).tobytes()).hexdigest()
+
+        predictions = {}
+        for name, spec in MODELS.items():
+            if name not in self.loaded:
+                predictions[name] = ModelPrediction(
+                    name, spec.display_name, available=False, message=self.unavailable.get(name, "")
+                )
+                continue
+            probs, heatmap = self._run(self.loaded[name], model_input, digest, method)
+            index = int(np.argmax(probs))
+            overlay = None
+            if heatmap is not None:
+                from covid_xray.explain import render_overlay
+
+                overlay = render_overlay(shown, heatmap, alpha=float(alpha), colorbar=True)
+            predictions[name] = ModelPrediction(
+                name,
+                spec.display_name,
+                available=True,
+                probabilities={c: float(p) for c, p in zip(CLASS_NAMES, probs, strict=True)},
+                predicted=CLASS_NAMES[index],
+                confidence=float(probs[index]),
+                method=method,
+                heatmap=heatmap,
+                overlay=overlay,
+            )
+        return PredictionResult(image=shown, models=predictions, method=method, alpha=float(alpha))
+
+    def _run(
+        self, loaded: LoadedModel, model_input: np.ndarray, digest: str, method: str | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and heatmap for one model, from the cache when this image was seen."""
+        key = (loaded.name, method, digest)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is None and method is None:
+                # Probabilities alone are part of any cached explanation of the same image.
+                cached = next(
+                    (v for k, v in self._cache.items() if k[0] == loaded.name and k[2] == digest), None
+                )
+            if cached is not None:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                probs, heatmap = cached
+                return probs, (None if method is None else heatmap)
+            x = preprocessing.normalize(model_input, loaded.preprocessing)
+            if method is None:
+                probs, heatmap = loaded.explainer.predict(x), None
+            else:
+                probs, heatmap = loaded.explainer.explain(x, method)
+            probs = np.asarray(probs, np.float64)
+            self._cache[key] = (probs, heatmap)
+            while len(self._cache) > EXPLANATION_CACHE_SIZE:
+                self._cache.popitem(last=False)
+            return probs, heatmap

@@ -1,0 +1,281 @@
+"""Fixtures for the serving tests: tiny checkpoint folders, predictors and a reports folder.
+
+Import the fixtures you need into a test module (`from tests.app_fixtures import ...`); pytest
+then finds them by name. Checkpoints hold random weights: the tests check the serving path
+(shapes, determinism, JSON, messages), never accuracy, and never touch the committed checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from covid_xray import config  # noqa: E402
+
+# The fixtures: test modules take them with `from tests.app_fixtures import *`.
+__all__ = [
+    "app_server",
+    "checkpoint_dir_both",
+    "checkpoint_dir_davidnet",
+    "missing_weights",
+    "predictor_both",
+    "predictor_davidnet",
+    "reports_dir",
+]
+
+# Real test images used by the gallery fixtures, with the (made-up) predictions of each model:
+# (file, true class, davidnet prediction, chexnet prediction, leaked).
+GALLERY_ROWS: tuple[tuple[str, str, str, str, int], ...] = (
+    ("test/Covid/0100.jpeg", "Covid", "Covid", "Covid", 0),
+    ("test/Covid/COVID-00003b.jpg", "Covid", "Normal", "Covid", 1),  # models disagree, leaked
+    ("test/Normal/0103.jpeg", "Normal", "Viral Pneumonia", "Viral Pneumonia", 1),  # both wrong
+    ("test/Normal/0101.jpeg", "Normal", "Normal", "Covid", 0),  # only CheXNet wrong
+    ("test/Viral Pneumonia/0101.jpeg", "Viral Pneumonia", "Normal", "Normal", 0),  # both wrong
+    ("test/Viral Pneumonia/0102.jpeg", "Viral Pneumonia", "Viral Pneumonia", "Viral Pneumonia", 0),
+)
+
+
+def make_checkpoint_dir(path: Path, models: tuple[str, ...] = ("davidnet", "chexnet"), seed: int = 0) -> Path:
+    """Save randomly initialised checkpoints of `models` into `path` (with their JSON sidecars)."""
+    import keras
+
+    from covid_xray.checkpoints import save_checkpoint
+    from covid_xray.models import build_chexnet, build_davidnet
+
+    path.mkdir(parents=True, exist_ok=True)
+    for name in models:
+        keras.utils.set_random_seed(seed)
+        model = build_davidnet() if name == "davidnet" else build_chexnet(weights=None)
+        mode = config.MODELS[name].preprocessing_for("default")
+        save_checkpoint(
+            model, config.MODELS[name].checkpoint_path(path), {"preprocessing": mode, "model": name}
+        )
+    return path
+
+
+def _probabilities(predicted: str, confidence: float) -> list[float]:
+    rest = (1.0 - confidence) / (config.NUM_CLASSES - 1)
+    return [confidence if c == predicted else rest for c in config.CLASS_NAMES]
+
+
+def write_predictions_csv(path: Path, rows: list[tuple[str, str, str, int]], confidence: float = 0.8) -> None:
+    """predictions.csv in the documented format for (file, true, predicted, leaked) rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["file", "true", "predicted", "confidence", *[f"p_{c}" for c in config.CLASS_NAMES], "leaked"]
+        )
+        for file, true, predicted, leaked in rows:
+            probs = _probabilities(predicted, confidence)
+            writer.writerow(
+                [file, true, predicted, f"{confidence:.6f}", *[f"{p:.6f}" for p in probs], leaked]
+            )
+
+
+def _subset_metrics(n: int, accuracy: float) -> dict:
+    per_class = {
+        c: {"precision": 0.5, "recall": 0.6, "f1": 0.55, "support": n // 3} for c in config.CLASS_NAMES
+    }
+    return {
+        "n": n,
+        "accuracy": accuracy,
+        "per_class": per_class,
+        "macro_f1": 0.55,
+        "weighted_f1": 0.56,
+        "confusion_matrix": [[2, 1, 0], [0, 1, 1], [0, 1, 0]],
+    }
+
+
+def make_reports_dir(path: Path) -> Path:
+    """A reports folder like `python -m covid_xray.evaluate` writes, for both models."""
+    for index, name in enumerate(config.MODELS):
+        report = path / name
+        rows = [(file, true, preds[index], leaked) for file, true, *preds, leaked in GALLERY_ROWS]
+        write_predictions_csv(report / "predictions.csv", rows)
+        metrics = {
+            "model": name,
+            "subsets": {
+                "official": _subset_metrics(66, 0.75 + index / 10),
+                "leakage_free": _subset_metrics(55, 0.7),
+            },
+        }
+        (report / "metrics.json").write_text(json.dumps(metrics))
+        with open(report / "history.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "phase"])
+            for epoch in range(6):
+                phase = "head" if epoch < 3 else "finetune"
+                writer.writerow(
+                    [
+                        epoch,
+                        1 / (epoch + 1),
+                        0.5 + epoch / 20,
+                        1.2 / (epoch + 1),
+                        0.45 + epoch / 20,
+                        1e-3,
+                        phase,
+                    ]
+                )
+        from PIL import Image
+
+        for subset in ("official", "leakage_free"):
+            Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(report / f"confusion_{subset}.png")
+    audit = {
+        "num_images": {"train": 251, "test": 66},
+        "near_threshold": 6,
+        "counts": {
+            "exact": {"train": 3, "test": 1, "train/test": 6, "total": 10},
+            "near": {"train": 10, "test": 6, "train/test": 11, "total": 27},
+        },
+        "leaked_test_files": [row[0] for row in GALLERY_ROWS if row[4]],
+    }
+    (path / "audit.json").write_text(json.dumps(audit))
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir_both(tmp_path_factory) -> Path:
+    """DavidNet and CheXNet checkpoints with random weights."""
+    return make_checkpoint_dir(tmp_path_factory.mktemp("checkpoints_both"))
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir_davidnet(tmp_path_factory) -> Path:
+    """Only a DavidNet checkpoint (CheXNet not installed)."""
+    return make_checkpoint_dir(tmp_path_factory.mktemp("checkpoints_davidnet"), models=("davidnet",))
+
+
+@pytest.fixture(scope="session")
+def missing_weights(tmp_path_factory) -> Path:
+    """A CheXNet base-weights path where no file exists."""
+    return tmp_path_factory.mktemp("no_weights") / "chexnet_base.h5"
+
+
+@pytest.fixture(scope="session")
+def predictor_both(checkpoint_dir_both, missing_weights):
+    """A Predictor with both models (Score-CAM capped at 4 maps to keep tests fast)."""
+    from covid_xray.inference import Predictor
+
+    return Predictor.from_checkpoints(checkpoint_dir_both, missing_weights, warm_up=False, scorecam_max_n=4)
+
+
+@pytest.fixture(scope="session")
+def predictor_davidnet(checkpoint_dir_davidnet, missing_weights):
+    """A Predictor whose CheXNet is missing (no checkpoint, no base weights)."""
+    from covid_xray.inference import Predictor
+
+    return Predictor.from_checkpoints(
+        checkpoint_dir_davidnet, missing_weights, warm_up=True, scorecam_max_n=4
+    )
+
+
+@pytest.fixture(scope="session")
+def reports_dir(tmp_path_factory) -> Path:
+    """Evaluation outputs for both models over a few real test images."""
+    return make_reports_dir(tmp_path_factory.mktemp("reports"))
+
+
+# ---------------------------------------------------------------------------
+# A real `python app.py` server (shared by test_app.py and test_browser.py).
+# ---------------------------------------------------------------------------
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Start-up loads and warms both models (DenseNet121 included): generous on a busy 2-core box.
+SERVER_START_TIMEOUT_S = 600
+# Upload limit of the test server: above every test image, below the oversized upload test.
+SERVER_MAX_UPLOAD_BYTES = 2_000_000
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AppServer:
+    """A running `python app.py` subprocess and where to reach it."""
+
+    def __init__(self, url: str, process, log_path: Path, checkpoint_dir: Path, reports_dir: Path):
+        self.url = url
+        self.process = process
+        self.log_path = log_path
+        self.checkpoint_dir = checkpoint_dir
+        self.reports_dir = reports_dir
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+def start_app_server(checkpoint_dir: Path, reports_dir: Path, workdir: Path) -> AppServer:
+    """Start `python app.py` on a free loopback port and wait until it answers HTTP."""
+    import subprocess
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        GRADIO_SERVER_NAME="127.0.0.1",
+        GRADIO_SERVER_PORT=str(port),
+        GRADIO_ANALYTICS_ENABLED="False",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        COVID_XRAY_CHECKPOINT_DIR=str(checkpoint_dir),
+        COVID_XRAY_REPORTS_DIR=str(reports_dir),
+        COVID_XRAY_CHEXNET_WEIGHTS=str(workdir / "no_chexnet_weights.h5"),
+        COVID_XRAY_MAX_UPLOAD_BYTES=str(SERVER_MAX_UPLOAD_BYTES),
+        COVID_XRAY_DATA=str(config.resolve_data_dir()),
+    )
+    log_path = workdir / "app_server.log"
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}/"
+    server = AppServer(url, process, log_path, checkpoint_dir, reports_dir)
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"app.py exited with code {process.returncode}:\n{server.log_tail()}")
+        try:
+            with urllib.request.urlopen(url + "gradio_api/info", timeout=5) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(2)
+    stop_app_server(server)
+    raise RuntimeError(f"app.py did not answer within {SERVER_START_TIMEOUT_S} s:\n{server.log_tail()}")
+
+
+def stop_app_server(server: AppServer) -> None:
+    """Terminate the server process (and wait for it); kill it if it does not stop."""
+    import subprocess
+
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def app_server(checkpoint_dir_both, reports_dir, tmp_path_factory):
+    """`python app.py` serving both (random-weight) models and the fixture reports; always stopped."""
+    server = start_app_server(checkpoint_dir_both, reports_dir, tmp_path_factory.mktemp("app_server"))
+    try:
+        yield server
+    finally:
+        stop_app_server(server)

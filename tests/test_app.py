@@ -1,0 +1,243 @@
+"""The Gradio app: its handlers in-process, then a real `python app.py` server through gradio_client.
+
+The server tests start app.py as a subprocess on a free loopback port with both models (random
+weights) and check the documented `predict` API, error handling, and that Gradio's file routes
+serve none of the files the app does not mean to serve.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from covid_xray import config
+from covid_xray.config import CLASS_NAMES
+from tests.app_fixtures import *  # noqa: F403  (pytest fixtures)
+from tests.app_fixtures import SERVER_MAX_UPLOAD_BYTES
+
+COVID_IMAGE = "test/Covid/0100.jpeg"
+NORMAL_IMAGE = "test/Normal/0101.jpeg"
+# Outputs of the diagnose handler: status, preview, (summary, label, overlay) x 2, answer, json.
+N_DIAGNOSE = 2 + 3 * len(config.MODELS) + 2
+
+
+@pytest.fixture(scope="module")
+def app_module():
+    """app.py imported as a module (importing it must not load any model)."""
+    sys.modules.pop("app", None)
+    module = importlib.import_module("app")
+    assert not hasattr(module, "demo"), "app.py must only build its demo under __main__ / create_app()"
+    return module
+
+
+def _fake_png(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("these are my notes, not an X-ray")
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Handlers, in-process.
+# ---------------------------------------------------------------------------
+def test_diagnose_handler(app_module, predictor_davidnet, data_dir):
+    values = app_module.diagnose(predictor_davidnet, str(data_dir / COVID_IMAGE), "gradcam", 0.4, "answer")
+    assert len(values) == N_DIAGNOSE
+    status, preview, d_summary, d_label, d_overlay, c_summary, c_label, c_overlay, answer, payload = values
+    assert status == ""
+    assert preview.shape == d_overlay.shape == (512, 512, 3)
+    assert "DavidNet" in d_summary and "Grad-CAM" in d_summary
+    assert sum(d_label.values()) == pytest.approx(1.0, abs=1e-5)
+    assert (c_summary, c_label, c_overlay) == ("", None, None)  # CheXNet not installed
+    assert answer == "answer"
+    assert payload["chexnet"]["available"] is False
+
+
+def test_diagnose_handler_bad_file_clears_outputs(app_module, predictor_davidnet, tmp_path):
+    with pytest.warns(UserWarning, match="not an image"):  # gr.Warning: a toast in the page
+        values = app_module.diagnose(predictor_davidnet, str(_fake_png(tmp_path)), "gradcam", 0.4)
+    assert len(values) == N_DIAGNOSE
+    assert values[0].startswith("**Could not read this file.**") and "JPEG" in values[0]
+    assert all(v in (None, "") for v in values[1:])
+    assert app_module.diagnose(predictor_davidnet, None, "gradcam", 0.4) == [
+        "",
+        None,
+        "",
+        None,
+        None,
+        "",
+        None,
+        None,
+        "",
+        None,
+    ]
+
+
+def test_api_handler(app_module, predictor_davidnet, data_dir, tmp_path):
+    payload = app_module.api_predict(predictor_davidnet, str(data_dir / COVID_IMAGE))
+    assert payload["davidnet"]["prediction"] in CLASS_NAMES
+    assert (
+        payload["chexnet"]["available"] is False
+        and "python train.py --model chexnet" in payload["chexnet"]["message"]
+    )
+    with pytest.raises(gr.Error):
+        app_module.api_predict(predictor_davidnet, str(_fake_png(tmp_path)))
+    with pytest.raises(gr.Error):
+        app_module.api_predict(predictor_davidnet, None)
+
+
+def test_example_source(app_module, data_dir):
+    path, answer = app_module.example_source(0, data_dir=data_dir)
+    assert path.startswith(str(data_dir)) and "True label" in answer
+
+
+def test_gallery_handlers(app_module, predictor_davidnet, reports_dir, data_dir):
+    items, cases, status = app_module.refresh_gallery(
+        "davidnet", app_module.ANY, app_module.ANY, "official", "misclassified", reports_dir, data_dir
+    )
+    assert len(items) == len(cases) == 3 and status == "3 test images match."
+    items, cases, _ = app_module.refresh_gallery(
+        "davidnet", "Normal", app_module.ANY, "official", "both_wrong", reports_dir, data_dir
+    )
+    assert [c.file for c in cases] == ["test/Normal/0103.jpeg"]
+    details, image, *model_values = app_module.open_case(
+        predictor_davidnet, cases, 0, "gradcam", 0.3, data_dir
+    )
+    assert "0103" in details and image.shape == (512, 512, 3)
+    assert model_values[2].shape == image.shape  # DavidNet overlay
+    assert model_values[3:] == ["", None, None]
+
+
+def test_build_demo_without_chexnet(app_module, predictor_davidnet, reports_dir, data_dir):
+    demo = app_module.build_demo(predictor_davidnet, reports_dir=reports_dir, data_dir=data_dir)
+    assert isinstance(demo, gr.Blocks)
+    api_names = [dep.get("api_name") for dep in demo.config["dependencies"]]
+    assert "predict" in api_names
+    texts = [c.get("props", {}).get("value") for c in demo.config["components"]]
+    texts = [t for t in texts if isinstance(t, str)]
+    assert any("CheXNet not installed" in t and "python train.py --model chexnet" in t for t in texts)
+    assert any("Not for diagnosis" in t for t in texts)
+
+
+def test_build_demo_without_dataset(app_module, predictor_davidnet, reports_dir, tmp_path):
+    demo = app_module.build_demo(predictor_davidnet, reports_dir=reports_dir, data_dir=tmp_path)
+    texts = [c.get("props", {}).get("value") for c in demo.config["components"]]
+    texts = [t for t in texts if isinstance(t, str)]
+    assert any("python -m covid_xray.data download" in t and config.DATA_ENV_VAR in t for t in texts)
+
+
+def test_broken_committed_files_do_not_take_the_app_down(app_module, predictor_davidnet, data_dir, tmp_path):
+    broken = tmp_path / "davidnet" / "predictions.csv"
+    broken.parent.mkdir()
+    broken.write_text("file,true\ntest/Covid/0100.jpeg,Covid\n")
+    items, cases, status = app_module.refresh_gallery(
+        "davidnet", app_module.ANY, app_module.ANY, "official", "misclassified", tmp_path, data_dir
+    )
+    assert (items, cases) == ([], []) and "Cannot read the evaluation outputs" in status
+    examples = tmp_path / "examples.csv"
+    examples.write_text("file,label,note\ntest/Covid/0100.jpeg,Pneumonia,wrong label\n")
+    demo = app_module.build_demo(
+        predictor_davidnet, reports_dir=tmp_path, data_dir=data_dir, examples_file=examples
+    )
+    assert isinstance(demo, gr.Blocks)
+
+
+def test_blocked_paths_cover_private_folders(app_module):
+    blocked = app_module.blocked_paths()
+    assert str(config.resolve_checkpoint_dir()) in blocked
+    assert str(config.resolve_data_dir()) in blocked
+
+
+# ---------------------------------------------------------------------------
+# A real server.
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def client(app_server):
+    from gradio_client import Client
+
+    return Client(app_server.url, verbose=False)
+
+
+def _predict(client, path):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), api_name="/predict")
+
+
+@pytest.mark.slow
+def test_api_predict_on_a_real_image(client, data_dir):
+    result = _predict(client, data_dir / COVID_IMAGE)
+    assert set(result) == {"davidnet", "chexnet"}
+    for entry in result.values():
+        assert entry["available"] is True
+        assert entry["prediction"] in CLASS_NAMES
+        assert list(entry["probabilities"]) == list(CLASS_NAMES)
+        assert sum(entry["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert entry["prediction"] == max(entry["probabilities"], key=entry["probabilities"].get)
+    # Same input, same output.
+    assert _predict(client, data_dir / COVID_IMAGE) == result
+
+
+@pytest.mark.slow
+def test_api_is_documented(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert "/predict" in endpoints
+    assert len(endpoints["/predict"]["parameters"]) == 1
+
+
+@pytest.mark.slow
+def test_bad_upload_is_an_error_and_the_server_stays_up(client, data_dir, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="not an image"):
+        _predict(client, _fake_png(tmp_path))
+    assert _predict(client, data_dir / NORMAL_IMAGE)["davidnet"]["available"] is True
+
+
+@pytest.mark.slow
+def test_oversized_upload_is_refused(app_server, client, data_dir, tmp_path):
+    import httpx
+    from PIL import Image
+
+    # A valid PNG above the limit: only the upload limit can refuse it.
+    noise = np.random.default_rng(0).integers(0, 255, (1000, 1000, 3), dtype=np.uint8)
+    big = tmp_path / "big.png"
+    Image.fromarray(noise).save(big)
+    assert big.stat().st_size > SERVER_MAX_UPLOAD_BYTES
+    upload = app_server.url + "gradio_api/upload"
+    response = httpx.post(upload, files={"files": ("big.png", big.read_bytes(), "image/png")}, timeout=60)
+    assert response.status_code == 413
+    small = (data_dir / COVID_IMAGE).read_bytes()
+    assert httpx.post(upload, files={"files": ("x.jpeg", small, "image/jpeg")}, timeout=60).status_code == 200
+    assert _predict(client, data_dir / NORMAL_IMAGE)["davidnet"]["available"] is True
+
+
+def _status_and_body(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["gradio_api/file=", "file="])
+def test_private_files_are_not_served(app_server, data_dir, route):
+    targets = {
+        "/etc/passwd": b"root:",
+        str(app_server.checkpoint_dir / "davidnet.keras"): b"PK",
+        str(app_server.checkpoint_dir / "davidnet.json"): b"sha256",
+        str(config.PROJECT_ROOT / "app.py"): b"gradio",
+        "app.py": b"gradio",
+        str(data_dir / COVID_IMAGE): b"\xff\xd8",
+        str(app_server.reports_dir / "audit.json"): b"counts",
+    }
+    for path, signature in targets.items():
+        status, body = _status_and_body(app_server.url + route + urllib.parse.quote(path))
+        assert status != 200 or signature not in body, f"{route}{path} was served"

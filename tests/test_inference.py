@@ -1,0 +1,213 @@
+"""The serving path: `Predictor` loads checkpoints once and predicts + explains one image.
+
+Models have random weights (tests/app_fixtures.py): these tests check shapes, probabilities,
+determinism, the pipeline's agreement with evaluation, and the "not installed" messages.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from covid_xray import config
+from covid_xray.config import CLASS_NAMES, IMAGE_SIZE
+from covid_xray.imaging import ImageDecodeError
+from covid_xray.inference import (
+    DISPLAY_MAX_SIDE,
+    Predictor,
+    decode_source,
+    display_image,
+    unavailable_markdown,
+)
+from tests.app_fixtures import *  # noqa: F403  (pytest fixtures)
+from tests.corpus import dicom_bytes, xray_like
+
+COVID_IMAGE = "test/Covid/0100.jpeg"
+
+
+def _assert_probabilities(probabilities: dict[str, float]) -> None:
+    assert list(probabilities) == list(CLASS_NAMES)
+    values = np.array(list(probabilities.values()))
+    assert np.all(values >= 0) and np.all(values <= 1)
+    assert values.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_predict_both_models_on_a_real_image(predictor_both, data_dir):
+    result = predictor_both.predict(data_dir / COVID_IMAGE, method="gradcam", alpha=0.4)
+    # The dataset's images are 640x640: shown at the display cap, square.
+    assert result.image.shape == (DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE, 3)
+    assert result.image.dtype == np.uint8
+    assert set(result.models) == set(config.MODELS)
+    for name, prediction in result.models.items():
+        assert prediction.available, name
+        _assert_probabilities(prediction.probabilities)
+        assert prediction.predicted == max(prediction.probabilities, key=prediction.probabilities.get)
+        assert prediction.confidence == prediction.probabilities[prediction.predicted]
+        assert prediction.heatmap.shape == (IMAGE_SIZE, IMAGE_SIZE)
+        assert 0.0 <= prediction.heatmap.min() and prediction.heatmap.max() <= 1.0
+        # The overlay is drawn on the displayed image, at its exact size.
+        assert prediction.overlay.shape == result.image.shape
+        assert prediction.overlay.dtype == np.uint8
+        label = prediction.label_value()
+        assert set(label) == set(config.CLASS_DISPLAY_NAMES.values())
+
+
+@pytest.mark.slow
+def test_api_json_of_both_models(predictor_both, data_dir):
+    result = predictor_both.predict(data_dir / COVID_IMAGE, method=None)
+    payload = result.to_api_json()
+    assert set(payload) == {"davidnet", "chexnet"}
+    for entry in payload.values():
+        assert entry["available"] is True
+        assert entry["prediction"] in CLASS_NAMES
+        _assert_probabilities(entry["probabilities"])
+    # Probabilities only: no heatmap was computed.
+    assert all(p.heatmap is None and p.overlay is None for p in result.models.values())
+
+
+@pytest.mark.slow
+def test_models_get_the_preprocessing_recorded_in_their_checkpoint(predictor_both):
+    assert predictor_both.loaded["davidnet"].preprocessing == "unit"
+    assert predictor_both.loaded["chexnet"].preprocessing == "imagenet"
+
+
+@pytest.mark.slow
+def test_probabilities_match_the_evaluation_pipeline(predictor_both, checkpoint_dir_both, data_dir):
+    """The app must feed the models exactly what evaluation fed them: decode, resize, normalise."""
+    from covid_xray import data, preprocessing
+    from covid_xray.checkpoints import load_checkpoint
+
+    sample = next(s for s in data.list_samples(data_dir, split="test") if s.relpath == COVID_IMAGE)
+    images, _ = data.load_arrays([sample])
+    result = predictor_both.predict(sample.path, method=None)
+    for name in ("davidnet", "chexnet"):
+        model, metadata = load_checkpoint(config.MODELS[name].checkpoint_path(checkpoint_dir_both))
+        expected = np.asarray(
+            model(preprocessing.normalize(images, metadata["preprocessing"]), training=False)
+        )[0]
+        got = np.array([result.models[name].probabilities[c] for c in CLASS_NAMES])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "scorecam"])
+def test_same_input_same_output(predictor_davidnet, method):
+    image = np.stack([xray_like(300, 260, seed=3)] * 3, axis=-1)
+    first = predictor_davidnet.predict(image, method=method, alpha=0.5)
+    predictor_davidnet._cache.clear()  # recompute, do not just return the cached explanation
+    second = predictor_davidnet.predict(image.copy(), method=method, alpha=0.5)
+    a, b = first.models["davidnet"], second.models["davidnet"]
+    assert a.probabilities == b.probabilities
+    np.testing.assert_array_equal(a.heatmap, b.heatmap)
+    np.testing.assert_array_equal(a.overlay, b.overlay)
+    assert a.method == method
+
+
+def test_opacity_change_reuses_the_explanation(predictor_davidnet):
+    image = np.stack([xray_like(200, 200, seed=5)] * 3, axis=-1)
+    faint = predictor_davidnet.predict(image, method="gradcam", alpha=0.1).models["davidnet"]
+    strong = predictor_davidnet.predict(image, method="gradcam", alpha=0.9).models["davidnet"]
+    assert faint.heatmap is strong.heatmap  # served from the cache, not recomputed
+    assert not np.array_equal(faint.overlay, strong.overlay)
+    plain = predictor_davidnet.predict(image, method="gradcam", alpha=0.0).models["davidnet"]
+    np.testing.assert_array_equal(plain.overlay, image)
+
+
+@pytest.mark.parametrize(
+    "shape, expected",
+    [
+        ((300, 700), (219, 512)),  # wide: longer side capped at 512, aspect ratio kept
+        ((1024, 512), (512, 256)),  # tall
+        ((100, 120), (100, 120)),  # small images are never enlarged
+    ],
+)
+def test_overlay_has_the_display_size(predictor_davidnet, shape, expected):
+    image = np.stack([xray_like(*shape, seed=1)] * 3, axis=-1)
+    result = predictor_davidnet.predict(image, method="gradcam++", alpha=0.4)
+    assert result.image.shape == (*expected, 3)
+    assert result.models["davidnet"].overlay.shape == (*expected, 3)
+
+
+def test_grayscale_array_input(predictor_davidnet):
+    result = predictor_davidnet.predict(xray_like(128, 128), method="gradcam")
+    assert result.image.shape == (128, 128, 3)
+    _assert_probabilities(result.models["davidnet"].probabilities)
+
+
+def test_dicom_upload_is_decoded_and_shown(predictor_davidnet, tmp_path):
+    pixels = xray_like(256, 200, seed=2).astype(np.uint16) * 16  # 12-bit detector values
+    path = tmp_path / "chest.dcm"
+    path.write_bytes(dicom_bytes(pixels, bits_stored=12))
+    result = predictor_davidnet.predict(str(path), method="gradcam")
+    assert result.image.shape == (256, 200, 3)
+    assert result.image.max() > result.image.min()  # a real picture, not a blank preview
+    _assert_probabilities(result.models["davidnet"].probabilities)
+
+
+def test_chexnet_missing_is_reported_not_raised(predictor_davidnet, missing_weights):
+    result = predictor_davidnet.predict(np.stack([xray_like(64, 64)] * 3, axis=-1), method="gradcam")
+    chexnet = result.models["chexnet"]
+    assert chexnet.available is False
+    assert chexnet.overlay is None and chexnet.label_value() is None
+    # What is missing and the exact commands: base weights first, then training.
+    assert "no trained checkpoint" in chexnet.message
+    assert str(missing_weights) in chexnet.message
+    assert "python -m covid_xray.weights" in chexnet.message
+    assert "python train.py --model chexnet" in chexnet.message
+    assert result.to_api_json()["chexnet"] == {"available": False, "message": chexnet.message}
+    assert result.models["davidnet"].available
+    panel = unavailable_markdown("CheXNet", chexnet.message)
+    assert "CheXNet not installed" in panel and "python train.py --model chexnet" in panel
+
+
+def test_chexnet_message_when_only_the_training_is_missing(tmp_path):
+    weights = tmp_path / "chexnet_base.h5"
+    weights.write_bytes(b"present")
+    predictor = Predictor.from_checkpoints(tmp_path / "empty", weights, warm_up=False)
+    message = predictor.status_message("chexnet")
+    assert "base weights found" in message and "python train.py --model chexnet" in message
+    assert "python train.py --model davidnet" in predictor.status_message("davidnet")
+
+
+def test_no_model_installed_still_decodes_and_answers(tmp_path):
+    predictor = Predictor.from_checkpoints(tmp_path / "none", tmp_path / "none.h5", warm_up=False)
+    assert predictor.available_models == []
+    result = predictor.predict(np.zeros((64, 80, 3), np.uint8), method="gradcam")
+    assert result.image.shape == (64, 80, 3)
+    assert {name: entry["available"] for name, entry in result.to_api_json().items()} == {
+        "davidnet": False,
+        "chexnet": False,
+    }
+
+
+def test_corrupted_checkpoint_is_unavailable_with_the_reason(checkpoint_dir_davidnet, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint_dir_davidnet, broken)
+    target = broken / "davidnet.keras"
+    data = bytearray(target.read_bytes())
+    data[-100] ^= 0xFF
+    target.write_bytes(bytes(data))
+    predictor = Predictor.from_checkpoints(broken, tmp_path / "none.h5", warm_up=False)
+    assert not predictor.is_available("davidnet")
+    assert "sha256" in predictor.status_message("davidnet")
+
+
+def test_bad_input_raises_the_decoder_error(predictor_davidnet):
+    with pytest.raises(ImageDecodeError) as info:
+        predictor_davidnet.predict(b"this is not an image", method="gradcam")
+    assert "image" in str(info.value).lower()
+    with pytest.raises(ImageDecodeError):
+        decode_source(np.zeros((10, 10, 3), np.float32))
+
+
+@pytest.mark.parametrize("method, alpha", [("lime", 0.4), ("gradcam", 1.5), ("gradcam", -0.1)])
+def test_invalid_settings_are_refused(predictor_davidnet, method, alpha):
+    with pytest.raises(ValueError):
+        predictor_davidnet.predict(np.zeros((64, 64, 3), np.uint8), method=method, alpha=alpha)
+
+
+def test_display_image_keeps_small_images():
+    image = np.zeros((40, 30, 3), np.uint8)
+    assert display_image(image) is image

@@ -1,0 +1,289 @@
+"""Reading the committed examples and evaluation outputs for the app's tabs (covid_xray.report)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from covid_xray import config, report
+from covid_xray.config import CLASS_NAMES
+from tests.app_fixtures import *  # noqa: F403  (pytest fixtures)
+from tests.app_fixtures import GALLERY_ROWS, write_predictions_csv
+
+
+# ---------------------------------------------------------------------------
+# The committed examples.
+# ---------------------------------------------------------------------------
+def test_committed_examples_are_valid(data_dir):
+    examples = report.load_examples()
+    assert 6 <= len(examples) <= 12
+    files = [e.file for e in examples]
+    assert len(set(files)) == len(files)
+    for example in examples:
+        assert example.label in CLASS_NAMES
+        # Dataset-relative path, under the class folder of its label.
+        split, label, _ = example.file.split("/")
+        assert (split, label) == ("test", example.label), example.file
+        assert (data_dir / example.file).is_file(), example.file
+        assert 20 < len(example.note) < 400
+    # Every class is represented, plus the documented leaked duplicate and the hard case.
+    assert {e.label for e in examples} == set(CLASS_NAMES)
+    assert "test/Covid/COVID-00003b.jpg" in files
+    assert "test/Normal/0103.jpeg" in files
+
+
+def test_example_gallery_has_a_thumbnail_per_example(data_dir):
+    examples = report.load_examples()
+    items = report.example_gallery(examples, data_dir)
+    assert len(items) == len(examples)
+    for index, (thumbnail, caption) in enumerate(items):
+        assert thumbnail.dtype == np.uint8 and thumbnail.ndim == 3
+        assert max(thumbnail.shape[:2]) <= report.THUMBNAIL_SIDE
+        # The caption does not give the answer away: the label is shown after the prediction.
+        assert caption == f"Case {index + 1}"
+        assert examples[index].label not in caption
+    assert "True label" in examples[0].answer_markdown()
+
+
+def test_examples_file_errors(tmp_path):
+    assert report.load_examples(tmp_path / "absent.csv") == ()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,label,note\ntest/Covid/0100.jpeg,COVID,typo in the label\n")
+    with pytest.raises(report.ReportError, match="COVID"):
+        report.load_examples(bad)
+    bad.write_text("file,label\ntest/Covid/0100.jpeg,Covid\n")
+    with pytest.raises(report.ReportError, match="note"):
+        report.load_examples(bad)
+
+
+def test_missing_dataset_message(tmp_path):
+    assert not report.data_available(tmp_path)
+    message = report.missing_data_message(tmp_path)
+    assert "python -m covid_xray.data download" in message
+    assert config.DATA_ENV_VAR in message
+    assert str(tmp_path) in message
+
+
+def test_dataset_paths_stay_inside_the_data_root(tmp_path):
+    assert (
+        report.resolve_dataset_file("test/Covid/a.jpg", tmp_path) == tmp_path.resolve() / "test/Covid/a.jpg"
+    )
+    for bad in ("../secret.png", "/etc/passwd", "test/../../x.png"):
+        with pytest.raises(report.ReportError):
+            report.resolve_dataset_file(bad, tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# predictions.csv and the error gallery.
+# ---------------------------------------------------------------------------
+def _files(cases):
+    return [c.file for c in cases]
+
+
+def test_predictions_are_parsed(reports_dir):
+    rows = report.load_predictions("davidnet", reports_dir)
+    assert len(rows) == len(GALLERY_ROWS)
+    first = rows[1]
+    assert (first.file, first.true, first.predicted, first.leaked) == (
+        "test/Covid/COVID-00003b.jpg",
+        "Covid",
+        "Normal",
+        True,
+    )
+    assert sum(first.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert first.caption() == "COVID-19 > Normal (0.80)"
+    assert report.load_predictions("davidnet", reports_dir / "nowhere") is None
+
+
+@pytest.mark.parametrize(
+    "model, kwargs, expected",
+    [
+        # every image the model got wrong
+        (
+            "davidnet",
+            {},
+            ["test/Covid/COVID-00003b.jpg", "test/Normal/0103.jpeg", "test/Viral Pneumonia/0101.jpeg"],
+        ),
+        ("chexnet", {}, ["test/Normal/0103.jpeg", "test/Normal/0101.jpeg", "test/Viral Pneumonia/0101.jpeg"]),
+        # leakage-free test: leaked rows dropped
+        ("davidnet", {"subset": "leakage_free"}, ["test/Viral Pneumonia/0101.jpeg"]),
+        # filters on the true and the predicted class
+        ("davidnet", {"true_class": "Normal"}, ["test/Normal/0103.jpeg"]),
+        (
+            "davidnet",
+            {"predicted_class": "Normal"},
+            ["test/Covid/COVID-00003b.jpg", "test/Viral Pneumonia/0101.jpeg"],
+        ),
+        # both models wrong (whichever model captions them)
+        ("davidnet", {"mode": "both_wrong"}, ["test/Normal/0103.jpeg", "test/Viral Pneumonia/0101.jpeg"]),
+        ("chexnet", {"mode": "both_wrong"}, ["test/Normal/0103.jpeg", "test/Viral Pneumonia/0101.jpeg"]),
+        # models disagree, right or wrong
+        ("davidnet", {"mode": "disagree"}, ["test/Covid/COVID-00003b.jpg", "test/Normal/0101.jpeg"]),
+        ("davidnet", {"mode": "disagree", "subset": "leakage_free"}, ["test/Normal/0101.jpeg"]),
+    ],
+)
+def test_find_cases(reports_dir, model, kwargs, expected):
+    assert _files(report.find_cases(model, reports_dir=reports_dir, **kwargs)) == expected
+
+
+def test_case_captions_and_details(reports_dir):
+    case = report.find_cases("chexnet", mode="disagree", reports_dir=reports_dir)[0]
+    assert case.caption("chexnet") == "COVID-19 > COVID-19 (0.80)"
+    assert case.caption("davidnet") == "COVID-19 > Normal (0.80)"
+    details = case.details_markdown()
+    assert "COVID-00003b" in details and "leaked" in details
+    assert "DavidNet" in details and "CheXNet" in details
+
+
+def test_find_cases_refuses_unknown_options(reports_dir):
+    with pytest.raises(ValueError):
+        report.find_cases("davidnet", subset="train", reports_dir=reports_dir)
+    with pytest.raises(ValueError):
+        report.find_cases("davidnet", mode="all", reports_dir=reports_dir)
+
+
+def test_gallery_items_from_the_dataset(reports_dir, data_dir):
+    cases = report.find_cases("davidnet", reports_dir=reports_dir)
+    items, shown = report.gallery_items(cases, "davidnet", data_dir)
+    assert len(items) == len(shown) == len(cases)
+    assert [caption for _, caption in items] == [c.caption("davidnet") for c in cases]
+    assert all(max(image.shape[:2]) <= report.THUMBNAIL_SIDE for image, _ in items)
+    status = report.gallery_status(cases, "davidnet", len(items), data_dir=data_dir, reports_dir=reports_dir)
+    assert status == "3 test images match."
+
+
+def test_gallery_without_dataset_says_so(reports_dir, tmp_path):
+    cases = report.find_cases("davidnet", reports_dir=reports_dir)
+    items, shown = report.gallery_items(cases, "davidnet", tmp_path)
+    assert items == [] and shown == []
+    status = report.gallery_status(cases, "davidnet", 0, data_dir=tmp_path, reports_dir=reports_dir)
+    assert "Dataset not found" in status and "python -m covid_xray.data download" in status
+
+
+def test_gallery_without_evaluation_says_what_to_run(tmp_path):
+    assert report.find_cases("chexnet", reports_dir=tmp_path) == []
+    status = report.gallery_status([], "chexnet", 0, reports_dir=tmp_path)
+    assert "python -m covid_xray.evaluate --model chexnet" in status
+
+
+def test_comparing_models_needs_both_predictions(tmp_path):
+    write_predictions_csv(
+        tmp_path / "davidnet" / "predictions.csv", [("test/Covid/0100.jpeg", "Covid", "Normal", 0)]
+    )
+    assert report.find_cases("davidnet", mode="both_wrong", reports_dir=tmp_path) == []
+    status = report.gallery_status([], "davidnet", 0, mode="disagree", reports_dir=tmp_path)
+    assert "both models" in status
+
+
+def test_malformed_predictions_are_an_error(tmp_path):
+    path = tmp_path / "davidnet" / "predictions.csv"
+    path.parent.mkdir()
+    path.write_text("file,true,predicted\ntest/Covid/0100.jpeg,Covid,Normal\n")
+    with pytest.raises(report.ReportError, match="predictions.csv"):
+        report.load_predictions("davidnet", tmp_path)
+
+
+def test_reports_are_reread_when_the_file_changes(tmp_path):
+    path = tmp_path / "davidnet" / "predictions.csv"
+    write_predictions_csv(path, [("test/Covid/0100.jpeg", "Covid", "Normal", 0)])
+    assert len(report.load_predictions("davidnet", tmp_path)) == 1
+    write_predictions_csv(path, [("test/Covid/0100.jpeg", "Covid", "Normal", 0)] * 2)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert len(report.load_predictions("davidnet", tmp_path)) == 2
+
+
+# ---------------------------------------------------------------------------
+# Model report tab.
+# ---------------------------------------------------------------------------
+def test_metrics_markdown_beside_the_paper(reports_dir):
+    text = report.metrics_markdown("davidnet", reports_dir)
+    assert "Paper (reported)" in text and "95.0%" in text  # config.MODELS["davidnet"].paper_accuracy
+    assert "Official test (n=66)" in text and "75.0%" in text
+    assert "Leakage-free test (n=55)" in text and "70.0%" in text
+    for name in config.CLASS_DISPLAY_NAMES.values():
+        assert f"| {name} |" in text
+    assert "0.50 / 0.60 / 0.55" in text
+    chexnet = report.metrics_markdown("chexnet", reports_dir)
+    assert "78.0%" in chexnet and "85.0%" in chexnet
+
+
+def test_metrics_markdown_without_evaluation(tmp_path):
+    text = report.metrics_markdown("chexnet", tmp_path)
+    assert "python -m covid_xray.evaluate --model chexnet" in text and "78%" in text
+
+
+def test_metrics_tolerate_partial_files(tmp_path):
+    path = tmp_path / "davidnet" / "metrics.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"subsets": {"official": {"accuracy": 0.9}}}))
+    text = report.metrics_markdown("davidnet", tmp_path)
+    assert "90.0%" in text and "n/a" in text
+    path.write_text("{not json")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert "No evaluation report" in report.metrics_markdown("davidnet", tmp_path)
+
+
+def test_confusion_images_are_arrays(reports_dir, tmp_path):
+    image = report.load_confusion_image("davidnet", "official", reports_dir)
+    assert image.shape == (40, 50, 3) and image.dtype == np.uint8
+    assert report.load_confusion_image("davidnet", "official", tmp_path) is None
+
+
+def test_training_curves_plot(reports_dir, tmp_path):
+    history = report.load_history("davidnet", reports_dir)
+    assert (
+        len(history) == 6
+        and history[0]["phase"] == "head"
+        and history[2]["val_accuracy"] == pytest.approx(0.55)
+    )
+    figure = report.plot_history("davidnet", reports_dir)
+    loss_axes, accuracy_axes = figure.axes
+    assert len(loss_axes.get_lines()) >= 2 and len(accuracy_axes.get_lines()) >= 2
+    # One dotted line marks the change from head training to fine-tuning.
+    assert [line.get_xdata()[0] for line in loss_axes.get_lines() if line.get_linestyle() == ":"] == [3.5]
+    assert report.plot_history("davidnet", tmp_path) is None
+
+
+def test_training_curves_without_a_phase_column(tmp_path):
+    path = tmp_path / "davidnet" / "history.csv"
+    path.parent.mkdir()
+    path.write_text(
+        "epoch,loss,accuracy,val_loss,val_accuracy,lr\n0,1.0,0.5,1.1,0.4,0.001\n1,0.8,0.6,0.9,0.5,0.001\n"
+    )
+    figure = report.plot_history("davidnet", tmp_path)
+    assert len(figure.axes) == 2
+
+
+def test_audit_summary(reports_dir, tmp_path):
+    text = report.audit_markdown(reports_dir)
+    assert "6 across train/test" in text and "27" in text
+    assert "test/Covid/COVID-00003b.jpg" in text
+    assert "python -m covid_xray.data audit" in report.audit_markdown(tmp_path)
+    (tmp_path / "audit.json").write_text(json.dumps({"counts": "unexpected", "leaked_test_files": 3}))
+    assert "Leakage audit" in report.audit_markdown(tmp_path)  # odd content does not crash
+
+
+def test_confounds_fit_in_two_sentences():
+    text = report.CONFOUNDS_MARKDOWN.split("**", 2)[2]
+    assert text.count(". ") + 1 == 2 and "pediatric" in text
+
+
+def test_committed_reports_are_readable():
+    """Whatever the lead committed under reports/ parses (skipped parts simply are not there yet)."""
+    for name in config.MODELS:
+        rows = report.load_predictions(name)
+        if rows is not None:
+            assert len(rows) == 66
+            assert all(r.file.startswith("test/") for r in rows)
+        metrics = report.load_metrics(name)
+        if metrics is not None:
+            assert "subsets" in metrics
+        report.metrics_markdown(name)
+        report.plot_history(name)
+    report.audit_markdown()
+    assert isinstance(report.load_examples(), tuple)
+    assert Path(config.EXAMPLES_FILE).exists()
