@@ -37,7 +37,12 @@ def save_checkpoint(model: keras.Model, path: str | os.PathLike, metadata: dict)
     """Save `model` as `.keras` and write the JSON sidecar with `metadata` plus the file's sha256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
+    # Save an uncompiled copy: the optimizer's state (Adam keeps two tensors per weight) would
+    # triple the file and is not needed to serve or evaluate the model.
+    # (clone_model would copy the compiled state too; a model rebuilt from its config does not.)
+    inference_copy = model.__class__.from_config(model.get_config())
+    inference_copy.set_weights(model.get_weights())
+    inference_copy.save(path)
     record = dict(metadata)
     record["checkpoint"] = path.name
     record["sha256"] = sha256_file(path)

@@ -39,3 +39,18 @@ def test_missing_checkpoint_says_how_to_train(tmp_path):
     with pytest.raises(CheckpointError, match="python train.py --model chexnet"):
         load_checkpoint(tmp_path / "chexnet.keras")
     assert read_metadata(tmp_path / "chexnet.keras") == {}
+
+
+def test_checkpoint_has_no_optimizer_state(tmp_path):
+    """A compiled model is saved without Adam's slots: the file stays about the size of its weights."""
+    import keras
+
+    model = build_davidnet()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
+    model.train_on_batch(np.zeros((1, 224, 224, 3), np.float32), np.eye(3, dtype=np.float32)[:1])
+    path = tmp_path / "davidnet.keras"
+    save_checkpoint(model, path, {"preprocessing": "unit"})
+    assert path.stat().st_size < 1.2 * 4 * model.count_params()
+    loaded, _ = load_checkpoint(path)
+    x = np.random.default_rng(2).random((1, 224, 224, 3), dtype=np.float32)
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-6)
