@@ -1,0 +1,71 @@
+"""Command-line prediction: `python -m covid_xray.predict IMAGE [IMAGE ...] [--json] [--heatmap-dir D]`.
+
+Prints each model's prediction and probabilities for every file (JSON with `--json`, the same
+shape as the app's `predict` API). A file that is not a usable image gets a one-line message
+and the exit status is 1; the other files are still processed. Models load once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Classify chest X-rays with DavidNet and CheXNet.")
+    parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, BMP, TIFF, WebP, GIF or DICOM)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--heatmap-dir", default=None, help="also save Grad-CAM overlays (PNG) here")
+    parser.add_argument("--checkpoint-dir", default=None, help="default: $COVID_XRAY_CHECKPOINT_DIR, else checkpoints/")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+
+    from covid_xray.imaging import ImageDecodeError
+    from covid_xray.inference import Predictor
+
+    predictor = Predictor.from_checkpoints(args.checkpoint_dir, warm_up=False)
+    method = "gradcam" if args.heatmap_dir else None
+    status = 0
+    for name in args.images:
+        try:
+            result = predictor.predict(name, method=method)
+        except (ImageDecodeError, FileNotFoundError, IsADirectoryError) as exc:
+            status = 1
+            message = str(exc) if isinstance(exc, ImageDecodeError) else f"No such file: {name}"
+            reason = getattr(exc, "reason", "not_found")
+            if args.json:
+                print(json.dumps({"file": name, "error": message, "reason": reason}))
+            else:
+                print(f"{name}: error: {message}")
+            continue
+        payload = result.to_api_json()
+        if args.json:
+            print(json.dumps({"file": name, **payload}))
+        else:
+            parts = []
+            for model, out in payload.items():
+                if out.get("available"):
+                    probs = ", ".join(f"{c} {p:.3f}" for c, p in out["probabilities"].items())
+                    parts.append(f"{model}: {out['prediction']} ({probs})")
+                else:
+                    parts.append(f"{model}: unavailable")
+            print(f"{name}: " + "; ".join(parts))
+        if args.heatmap_dir:
+            from PIL import Image
+
+            out_dir = Path(args.heatmap_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for model, prediction in result.models.items():
+                if prediction.overlay is not None:
+                    Image.fromarray(prediction.overlay).save(out_dir / f"{Path(name).stem}_{model}.png")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
