@@ -261,7 +261,7 @@ def _compile(model, learning_rate: float):
     return model
 
 
-def _to_dataset(images, labels, cfg: TrainConfig, *, shuffle: bool, augment: bool, strategy):
+def _to_dataset(images, labels, cfg: TrainConfig, *, shuffle: bool, augment: bool):
     from covid_xray import data
 
     ds = data.make_dataset(
@@ -273,7 +273,8 @@ def _to_dataset(images, labels, cfg: TrainConfig, *, shuffle: bool, augment: boo
         augment=_augmenter(cfg) if augment else False,
         seed=cfg.seed,
     )
-    return strategy.experimental_distribute_dataset(ds) if strategy.num_replicas_in_sync > 1 else ds
+    # Keras 3 `fit` distributes a plain tf.data.Dataset across the strategy's replicas itself.
+    return ds
 
 
 def _augmenter(cfg: TrainConfig):
@@ -289,9 +290,9 @@ def _train_end_to_end(cfg, splits, arrays, class_weight, run_dir, strategy):
     from covid_xray import models
 
     (x_tr, y_tr), (x_va, y_va) = arrays["train"], arrays["val"]
-    train_plain = _to_dataset(x_tr, y_tr, cfg, shuffle=True, augment=False, strategy=strategy)
-    train_aug = _to_dataset(x_tr, y_tr, cfg, shuffle=True, augment=True, strategy=strategy)
-    val_ds = _to_dataset(x_va, y_va, cfg, shuffle=False, augment=False, strategy=strategy)
+    train_plain = _to_dataset(x_tr, y_tr, cfg, shuffle=True, augment=False)
+    train_aug = _to_dataset(x_tr, y_tr, cfg, shuffle=True, augment=True)
+    val_ds = _to_dataset(x_va, y_va, cfg, shuffle=False, augment=False)
 
     def model_fn():
         if cfg.model == "davidnet":
