@@ -44,16 +44,26 @@ GALLERY_ROWS: tuple[tuple[str, str, str, str, int], ...] = (
 
 
 def make_checkpoint_dir(path: Path, models: tuple[str, ...] = ("davidnet", "chexnet"), seed: int = 0) -> Path:
-    """Save randomly initialised checkpoints of `models` into `path` (with their JSON sidecars)."""
+    """Save checkpoints of `models` into `path` (with their JSON sidecars).
+
+    DavidNet is randomly initialised; CheXNet's base is loaded from a synthetic weights file in
+    the published Keras-2 layout, so the app's CheXNet path runs through the real loader.
+    """
     import keras
 
     from covid_xray.checkpoints import save_checkpoint
     from covid_xray.models import build_chexnet, build_davidnet
+    from tests.chexnet_fixtures import write_keras2_chexnet_weights
 
     path.mkdir(parents=True, exist_ok=True)
     for name in models:
         keras.utils.set_random_seed(seed)
-        model = build_davidnet() if name == "davidnet" else build_chexnet(weights=None)
+        if name == "davidnet":
+            model = build_davidnet()
+        else:
+            weights = path / "synthetic_chexnet_base.h5"
+            write_keras2_chexnet_weights(weights, seed=seed)
+            model = build_chexnet(weights=weights)
         mode = config.MODELS[name].preprocessing_for("default")
         save_checkpoint(
             model, config.MODELS[name].checkpoint_path(path), {"preprocessing": mode, "model": name}
