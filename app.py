@@ -8,7 +8,9 @@ Importing it loads no model: `create_app()` (or `build_demo(predictor)` in tests
 
 API: `predict` takes one image file (JPEG, PNG, ..., DICOM) and returns JSON
 `{"davidnet": {"available": true, "prediction": "Covid", "probabilities": {...}},
-"chexnet": {"available": false, "message": "..."}}`.
+"chexnet": {"available": false, "message": "..."},
+"input_check": {"is_xray_likely": false, "warnings": ["The image is in colour ..."]}}`;
+`input_check` is the OOD guard (`covid_xray.ood`): it warns, it never refuses an image.
 """
 
 from __future__ import annotations
@@ -63,26 +65,49 @@ def prediction_values(result: PredictionResult | None) -> list:
     return values
 
 
+def input_check_markdown(result: PredictionResult | None) -> str:
+    """The warning above the model columns: empty unless the input looks unlike a chest X-ray."""
+    check = result.input_check if result is not None else None
+    return check.summary_markdown() if check is not None else ""
+
+
 def diagnose(predictor: Predictor, source, method: str, alpha: float, answer: str = "") -> list:
     """Values for [status, preview, (summary, label, overlay) per model, answer, api json]."""
+    return diagnose_checked(predictor, source, method, alpha, answer)[:-1]
+
+
+def diagnose_checked(predictor: Predictor, source, method: str, alpha: float, answer: str = "") -> list:
+    """`diagnose`'s values, then the input-check warning (`input_check_markdown`)."""
     if not source:
-        return ["", None, *prediction_values(None), "", None]
+        return ["", None, *prediction_values(None), "", None, ""]
     try:
         result = predictor.predict(source, method=method, alpha=alpha)
     except ImageDecodeError as exc:
         gr.Warning(str(exc))
-        return [f"**Could not read this file.** {exc}", None, *prediction_values(None), "", None]
-    return ["", result.image, *prediction_values(result), answer, result.to_api_json()]
+        return [f"**Could not read this file.** {exc}", None, *prediction_values(None), "", None, ""]
+    return [
+        "",
+        result.image,
+        *prediction_values(result),
+        answer,
+        result.to_api_json(),
+        input_check_markdown(result),
+    ]
 
 
 def api_predict(predictor: Predictor, image) -> dict:
     """The `predict` endpoint: one image file in, every model's probabilities out (JSON)."""
+    # A bad upload is the caller's mistake, not the server's: one log line, no traceback.
     if not image:
-        raise gr.Error("No image received: send one image file (JPEG, PNG, BMP, TIFF, WebP, GIF or DICOM).")
+        raise gr.Error(
+            "No image received: send one image file (JPEG, PNG, BMP, TIFF, WebP, GIF or DICOM).",
+            print_exception=False,
+        )
     try:
         return predictor.predict(image, method=None).to_api_json()
     except ImageDecodeError as exc:
-        raise gr.Error(str(exc)) from exc
+        logger.info("predict: refused an upload (%s): %s", exc.reason, exc)
+        raise gr.Error(str(exc), print_exception=False) from exc
 
 
 def example_source(index: int, examples_file=None, data_dir=None) -> tuple[str, str]:
@@ -228,27 +253,29 @@ def build_demo(
                     )
                 with gr.Column(scale=2):
                     answer = gr.Markdown(elem_id="answer")
+                    # The OOD guard's warning (covid_xray.ood): shown, never a refusal.
+                    input_warning = gr.Markdown(elem_id="input-check")
                     model_outputs = _model_columns(predictor, "diagnose")
                     with gr.Accordion("API response (JSON)", open=False):
                         api_view = gr.JSON(show_label=False)
-            diagnose_outputs = [status, preview, *model_outputs, answer, api_view]
+            diagnose_outputs = [status, preview, *model_outputs, answer, api_view, input_warning]
 
             def on_upload(path, method_value, alpha_value):
-                return [path, "", *diagnose(predictor, path, method_value, alpha_value)]
+                return [path, "", *diagnose_checked(predictor, path, method_value, alpha_value)]
 
             def on_example(method_value, alpha_value, evt: gr.SelectData):
                 path, text = example_source(evt.index, examples_file, data_dir)
-                return [None, path, text, *diagnose(predictor, path, method_value, alpha_value, text)]
+                return [None, path, text, *diagnose_checked(predictor, path, method_value, alpha_value, text)]
 
             def on_settings(path, text, method_value, alpha_value):
-                return diagnose(predictor, path, method_value, alpha_value, text)
+                return diagnose_checked(predictor, path, method_value, alpha_value, text)
 
             model_event = {"concurrency_id": MODEL_QUEUE, "api_visibility": "undocumented"}
             upload.upload(
                 on_upload, [upload, method, alpha], [source, answer_state, *diagnose_outputs], **model_event
             )
             upload.clear(
-                lambda: [None, "", *diagnose(predictor, None, DEFAULT_METHOD, DEFAULT_ALPHA)],
+                lambda: [None, "", *diagnose_checked(predictor, None, DEFAULT_METHOD, DEFAULT_ALPHA)],
                 None,
                 [source, answer_state, *diagnose_outputs],
                 api_visibility="private",
@@ -395,6 +422,9 @@ def create_app(checkpoint_dir=None, weights_path=None) -> gr.Blocks:
 def launch(demo: gr.Blocks, **kwargs) -> None:
     """Serve with a small queue and an upload limit; host and port come from GRADIO_SERVER_*."""
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT)
+    # Uploaded X-rays are patient data: Gradio's run history (kept in the browser, or in a
+    # Hugging Face bucket a visitor connects) stays off.
+    kwargs.setdefault("run_history", False)
     demo.launch(max_file_size=config.MAX_UPLOAD_BYTES, blocked_paths=blocked_paths(), **kwargs)
 
 

@@ -5,6 +5,7 @@ The app, its API endpoint and the error gallery all go through one :class:`Predi
     predictor = Predictor.from_checkpoints()
     result = predictor.predict("scan.dcm", method="gradcam", alpha=0.4)
     result.models["davidnet"].probabilities   # {"Covid": .., "Normal": .., "Viral Pneumonia": ..}
+    result.input_check.is_xray_likely        # the OOD guard (covid_xray.ood): warnings, never a refusal
     result.to_api_json()
 
 A model whose checkpoint (or, for CheXNet, base weights) is missing is recorded as unavailable
@@ -40,6 +41,10 @@ DISPLAY_MAX_SIDE = 512
 DECODE_DRAFT_SIZE = IMAGE_SIZE * 2
 DEFAULT_METHOD = "gradcam"
 DEFAULT_ALPHA = 0.4
+# Traced at start-up: the one compiled function behind probabilities, Grad-CAM and Grad-CAM++.
+# Score-CAM's own function (another few seconds of DenseNet121 tracing on 2 vCPUs) is traced on
+# its first request instead, so that the app answers sooner after `python app.py`.
+WARM_UP_METHODS: tuple[str, ...] = ("gradcam",)
 # Explanations kept in memory (per model, method and image): moving the opacity slider or
 # re-opening an image re-uses them instead of recomputing Score-CAM on 2 vCPUs.
 EXPLANATION_CACHE_SIZE = 64
@@ -121,10 +126,19 @@ class PredictionResult:
     models: dict[str, ModelPrediction]
     method: str | None
     alpha: float
+    # "Is this a chest X-ray?" (covid_xray.ood.OODResult): checked once per image, warns only.
+    input_check: Any = None
 
     def to_api_json(self) -> dict[str, Any]:
-        """The API's JSON, per model: `{available, prediction, probabilities}` or `{available, message}`."""
-        return {name: prediction.to_json() for name, prediction in self.models.items()}
+        """The API's JSON, per model: `{available, prediction, probabilities}` or `{available, message}`;
+        plus `input_check: {is_xray_likely, warnings}` (warnings are sentences for people)."""
+        payload: dict[str, Any] = {name: prediction.to_json() for name, prediction in self.models.items()}
+        if self.input_check is not None:
+            payload["input_check"] = {
+                "is_xray_likely": bool(self.input_check.is_xray_likely),
+                "warnings": list(self.input_check.warnings),
+            }
+        return payload
 
     @property
     def models_disagree(self) -> bool:
@@ -143,6 +157,7 @@ class LoadedModel:
     explainer: Any  # covid_xray.explain.Explainer
     preprocessing: str
     metadata: dict
+    guard: Any = None  # covid_xray.ood.Guard: cheap checks + this model's learned check, or None
 
 
 def _unavailable_message(
@@ -210,7 +225,23 @@ def load_model(
         logger.warning("Checkpoint of %s records no preprocessing mode; assuming %r.", name, mode)
     kwargs = {} if scorecam_max_n is None else {"scorecam_max_n": scorecam_max_n}
     explainer = Explainer(model, spec.gradcam_layer, **kwargs)
-    return LoadedModel(name=name, explainer=explainer, preprocessing=mode, metadata=metadata)
+    guard = _load_guard(name, checkpoint_dir, model, metadata)
+    return LoadedModel(name=name, explainer=explainer, preprocessing=mode, metadata=metadata, guard=guard)
+
+
+def _load_guard(name: str, checkpoint_dir, model, metadata: dict):
+    """The model's OOD guard (`ood.load_guard`, sharing the loaded weights), or None.
+
+    The guard only adds warnings: whatever goes wrong building it must not cost the model, so
+    any failure is logged and the requests get the cheap checks alone.
+    """
+    from covid_xray import ood
+
+    try:
+        return ood.load_guard(name, checkpoint_dir, model=model, metadata=metadata, warm_up=False)
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        logger.warning("OOD guard of %s unavailable: %s", MODELS[name].display_name, exc)
+        return None
 
 
 # ---------------------------------------------------------------------------
@@ -283,7 +314,8 @@ class Predictor:
         Args:
             checkpoint_dir: folder of `<model>.keras` files (default: `config.resolve_checkpoint_dir()`).
             weights_path: CheXNet base weights, only used to say what is missing.
-            warm_up: trace every compiled function once now, so that the first request is fast.
+            warm_up: trace the compiled function of `WARM_UP_METHODS` now (probabilities, Grad-CAM
+                and Grad-CAM++), so that the first request is fast; Score-CAM is traced on first use.
             scorecam_max_n: feature maps kept by Score-CAM (the explainer's default if None).
         """
         from covid_xray.checkpoints import CheckpointError
@@ -299,7 +331,9 @@ class Predictor:
                 logger.warning("%s unavailable: %s", spec.display_name, exc)
                 continue
             if warm_up:
-                loaded[name].explainer.warm_up()
+                loaded[name].explainer.warm_up(WARM_UP_METHODS)
+                if loaded[name].guard is not None:
+                    loaded[name].guard.warm_up()
             logger.info(
                 "Loaded %s from %s (preprocessing %r).",
                 spec.display_name,
@@ -318,6 +352,31 @@ class Predictor:
     def status_message(self, name: str) -> str:
         """Empty for an available model; otherwise what is missing and how to fix it."""
         return self.unavailable.get(name, "")
+
+    @property
+    def input_guard(self):
+        """The guard whose learned check runs on every request: the first loaded model (registry
+        order, DavidNet first) with a fitted feature guard; None means cheap checks only."""
+        for name in self.available_models:
+            guard = self.loaded[name].guard
+            if guard is not None and guard.learned_enabled:
+                return guard
+        return None
+
+    def check_input(self, rgb: np.ndarray, model_input: np.ndarray):
+        """The OOD guard's answer to "is this a chest X-ray?" (`ood.OODResult`): warns, never blocks.
+
+        Args:
+            rgb: the decoded uint8 HxWx3 image at its own size.
+            model_input: the same image resized for the models (uint8 224x224x3).
+        """
+        from covid_xray import ood
+
+        guard = self.input_guard
+        if guard is None:
+            return ood.check_image(rgb)
+        with self._lock:  # the learned check runs a model: one image at a time, like `_run`
+            return guard.check(rgb, model_input)
 
     def predict(
         self,
@@ -373,7 +432,13 @@ class Predictor:
                 heatmap=heatmap,
                 overlay=overlay,
             )
-        return PredictionResult(image=shown, models=predictions, method=method, alpha=float(alpha))
+        return PredictionResult(
+            image=shown,
+            models=predictions,
+            method=method,
+            alpha=float(alpha),
+            input_check=self.check_input(rgb, model_input),
+        )
 
     def _run(
         self, loaded: LoadedModel, model_input: np.ndarray, digest: str, method: str | None

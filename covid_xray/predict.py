@@ -48,13 +48,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"file": name, **payload}))
         else:
+            from covid_xray.config import MODELS
+
             parts = []
-            for model, out in payload.items():
+            for model, out in ((m, payload[m]) for m in MODELS):
                 if out.get("available"):
                     probs = ", ".join(f"{c} {p:.3f}" for c, p in out["probabilities"].items())
                     parts.append(f"{model}: {out['prediction']} ({probs})")
                 else:
                     parts.append(f"{model}: unavailable")
+            check = payload.get("input_check") or {}
+            if check and not check.get("is_xray_likely", True):
+                parts.append("WARNING: may not be a frontal chest X-ray: " + " ".join(check.get("warnings", [])))
             print(f"{name}: " + "; ".join(parts))
         if args.heatmap_dir:
             from PIL import Image

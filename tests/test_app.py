@@ -173,8 +173,9 @@ def _predict(client, path):
 @pytest.mark.slow
 def test_api_predict_on_a_real_image(client, data_dir):
     result = _predict(client, data_dir / COVID_IMAGE)
-    assert set(result) == {"davidnet", "chexnet"}
-    for entry in result.values():
+    assert set(result) == {"davidnet", "chexnet", "input_check"}
+    assert result["input_check"] == {"is_xray_likely": True, "warnings": []}
+    for entry in (result[name] for name in ("davidnet", "chexnet")):
         assert entry["available"] is True
         assert entry["prediction"] in CLASS_NAMES
         assert list(entry["probabilities"]) == list(CLASS_NAMES)
