@@ -1,0 +1,855 @@
+#!/usr/bin/env python
+"""Benchmark what users and maintainers wait for, on this machine, and print one table.
+
+    python benchmarks/bench.py                   # full run (well under 10 min on 2 vCPUs)
+    python benchmarks/bench.py --quick           # smoke run: few repeats, same rows
+    python benchmarks/bench.py --json bench.json # also save every number
+
+Measured in one process run, under the app's thread settings (2 intra-op threads, 1 inter-op):
+- request latency (p50/p95 after warm-up) of `Predictor.predict` end to end: decode, resize,
+  normalise, model(s), heatmap, overlay. DavidNet only, CheXNet only, both; Grad-CAM,
+  Grad-CAM++, Score-CAM, and probabilities only (the API's path);
+- the naive way (a tf-keras-vis `Gradcam` built per request with `clone=True`, eager
+  `model.predict`) on the same images, same decoding and overlay, and the speed-up;
+- `python app.py`: cold start (process start until the first upload with Grad-CAM is answered),
+  latency through the HTTP API with `gradio_client` on loopback, peak RSS after warm-up and
+  after 200 requests;
+- evaluation throughput (images/s from the original files: decode + predict) and training
+  seconds per epoch (DavidNet; CheXNet's head on cached features).
+
+Checkpoints: the committed `checkpoints/<model>.keras` when present; otherwise DavidNet gets
+random weights and CheXNet is built from a synthetic Keras-2 weights file (same graph, same
+cost: timings do not depend on weight values), which the table says. Inputs are the real
+test images (`$COVID_XRAY_DATA`). Nothing is written outside a temporary folder (and `--json`).
+
+Timings depend on what else runs: the table reports the load average before and after; run
+it on an idle machine for numbers worth publishing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+import numpy as np  # noqa: E402
+
+from covid_xray import config  # noqa: E402
+
+# ---------------------------------------------------------------------------
+# Configurable parameters.
+# ---------------------------------------------------------------------------
+# The app's thread settings on a 2-vCPU Space (app.create_app).
+INTRA_OP_THREADS = 2
+INTER_OP_THREADS = 1
+# Timed requests (after WARM_UP requests) per measurement: full run / --quick.
+REPEATS = {
+    "latency": (60, 10),
+    "latency_secondary": (30, 6),  # Grad-CAM++, probabilities only, OOD check
+    "scorecam": (5, 2),
+    "naive": (5, 2),
+    "naive_reused": (3, 1),
+    "http": (30, 8),
+    "http_single_model": (15, 4),  # servers with DavidNet only / CheXNet only
+    "http_total": (200, 30),  # requests before the "after N requests" RSS reading
+    "epochs": (2, 1),  # per training phase, after one untimed epoch (tracing)
+    "evaluate_files": (None, 16),  # None: the whole test split
+}
+WARM_UP = 2
+# Requests cycle through the test images: more distinct images than the Predictor's
+# explanation cache holds, so no timed request is served from that cache.
+SERVER_START_TIMEOUT_S = 300
+REQUEST_TIMEOUT_S = 120
+ALPHA = 0.4
+SYNTHETIC_NOTE = "synthetic weights (same graph, same cost)"
+
+# Targets on 2 CPU cores (the issue "Performance: benchmark script and a fast inference path").
+MAX_RSS_MB = 1536
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    key: str
+    section: str
+    label: str
+    target: str = ""
+
+
+# Table sections.
+STARTUP = "start-up (in process)"
+PREDICT = "predict, end to end (in process): decode, models, heatmaps, overlays"
+NAIVE = "naive reference: tf-keras-vis Gradcam built per request (clone=True), eager model.predict"
+HTTP = "app over HTTP: python app.py, gradio_client on loopback"
+OFFLINE = "evaluation and training"
+# Every row the table prints, in order (the smoke test checks that all of them appear).
+ROWS: tuple[RowSpec, ...] = (
+    RowSpec("startup_davidnet_load", STARTUP, "DavidNet: load checkpoint"),
+    RowSpec("startup_davidnet_trace", STARTUP, "DavidNet: trace + first run"),
+    RowSpec("startup_chexnet_load", STARTUP, "CheXNet: load checkpoint"),
+    RowSpec("startup_chexnet_trace", STARTUP, "CheXNet: trace + first run"),
+    RowSpec("startup_scorecam_davidnet", STARTUP, "DavidNet Score-CAM: first use"),
+    RowSpec("startup_scorecam_chexnet", STARTUP, "CheXNet Score-CAM: first use"),
+    RowSpec("davidnet_gradcam", PREDICT, "DavidNet + Grad-CAM", "p50 <= 40 ms"),
+    RowSpec("chexnet_gradcam", PREDICT, "CheXNet + Grad-CAM"),
+    RowSpec("both_gradcam", PREDICT, "both + Grad-CAM", "p50 <= 150 ms"),
+    RowSpec("both_gradcam++", PREDICT, "both + Grad-CAM++", "<= 2x Grad-CAM"),
+    RowSpec("both_none", PREDICT, "both, probabilities only (API path)"),
+    RowSpec("input_check", PREDICT, "of which: OOD input check"),
+    RowSpec("davidnet_scorecam", PREDICT, "DavidNet + Score-CAM", "p50 < 1 s"),
+    RowSpec("chexnet_scorecam", PREDICT, "CheXNet + Score-CAM", "p50 < 1 s"),
+    RowSpec("naive_davidnet", NAIVE, "DavidNet + Grad-CAM"),
+    RowSpec("naive_chexnet", NAIVE, "CheXNet + Grad-CAM"),
+    RowSpec("naive_both", NAIVE, "both + Grad-CAM"),
+    RowSpec("naive_reused_chexnet", NAIVE, "CheXNet, Gradcam object reused"),
+    RowSpec("speedup_both", NAIVE, "speed-up, both + Grad-CAM", ">= 6x"),
+    RowSpec("cold_start", HTTP, "cold start to first answer", "<= 15 s"),
+    RowSpec("http_both_gradcam", HTTP, "both + Grad-CAM (upload event)"),
+    RowSpec("http_both_api", HTTP, "both, /predict API"),
+    RowSpec("http_davidnet_gradcam", HTTP, "DavidNet only + Grad-CAM"),
+    RowSpec("http_chexnet_gradcam", HTTP, "CheXNet only + Grad-CAM"),
+    RowSpec("rss_warm", HTTP, "peak RSS after warm-up", "<= 1.5 GB"),
+    RowSpec("rss_after", HTTP, "peak RSS after N requests", "<= 1.5 GB"),
+    RowSpec("evaluate_decode", OFFLINE, "decode + resize, test files"),
+    RowSpec("evaluate_davidnet", OFFLINE, "evaluate DavidNet from files", ">= 30 images/s"),
+    RowSpec("evaluate_chexnet", OFFLINE, "evaluate CheXNet from files"),
+    RowSpec("train_davidnet_plain", OFFLINE, "train DavidNet, plain epoch"),
+    RowSpec("train_davidnet_augmented", OFFLINE, "train DavidNet, augmented epoch"),
+    RowSpec("chexnet_features", OFFLINE, "CheXNet feature extraction"),
+    RowSpec("train_chexnet_head_plain", OFFLINE, "train CheXNet head (cached features)"),
+    RowSpec("train_chexnet_head_augmented", OFFLINE, "train CheXNet head, 4 views"),
+)
+ROW_KEYS = {row.key for row in ROWS}
+
+
+class BenchmarkError(RuntimeError):
+    """The benchmark cannot run (no dataset, the app did not start, ...)."""
+
+
+# ---------------------------------------------------------------------------
+# Recording.
+# ---------------------------------------------------------------------------
+class Results:
+    """Every number measured (for --json) and one display value per table row."""
+
+    def __init__(self) -> None:
+        self.numbers: dict[str, object] = {}
+        self.cells: dict[str, tuple[str, bool | None]] = {}
+        self.notes: list[str] = []
+
+    def set(self, key: str, text: str, met: bool | None = None, **numbers) -> None:
+        if key not in ROW_KEYS:
+            raise KeyError(f"Unknown table row {key!r}.")
+        self.cells[key] = (text, met)
+        if numbers:
+            self.numbers[key] = numbers
+
+    def skip(self, key: str, why: str) -> None:
+        self.set(key, f"skipped ({why})")
+
+    def latency(self, key: str, seconds: list[float], *, max_p50_ms: float | None = None) -> dict:
+        stats = latency_stats(seconds)
+        met = None if max_p50_ms is None else stats["p50_ms"] <= max_p50_ms
+        text = f"p50 {fmt_ms(stats['p50_ms'])}  p95 {fmt_ms(stats['p95_ms'])}  (n={stats['n']})"
+        self.set(key, text, met, **stats)
+        return stats
+
+
+def latency_stats(seconds: list[float]) -> dict:
+    ms = np.asarray(seconds, np.float64) * 1000.0
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "mean_ms": float(ms.mean()),
+        "min_ms": float(ms.min()),
+        "n": int(ms.size),
+    }
+
+
+def fmt_ms(ms: float) -> str:
+    return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.0f} ms" if ms >= 10 else f"{ms:.1f} ms"
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - start, out
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+# ---------------------------------------------------------------------------
+# Set-up: checkpoints and images.
+# ---------------------------------------------------------------------------
+def prepare_checkpoints(work: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Folders `both/`, `davidnet/`, `chexnet/` of checkpoints, and where each model came from."""
+    import keras
+
+    from covid_xray.checkpoints import save_checkpoint
+    from covid_xray.models import build_chexnet, build_davidnet
+
+    source = work / "models"
+    source.mkdir()
+    provenance = {}
+    for name in config.MODELS:
+        committed = config.MODELS[name].checkpoint_path(config.CHECKPOINT_DIR)
+        target = config.MODELS[name].checkpoint_path(source)
+        if committed.exists() and committed.with_suffix(".json").exists():
+            # The checkpoint, its sidecar and the files made for it (e.g. ood_<model>.json).
+            for path in {committed, committed.with_suffix(".json"), *committed.parent.glob(f"*_{name}.*")}:
+                shutil.copyfile(path, source / path.name)
+            provenance[name] = f"committed checkpoint ({committed.relative_to(config.PROJECT_ROOT)})"
+            continue
+        keras.utils.set_random_seed(0)
+        mode = config.MODELS[name].preprocessing_for("default")
+        if name == "chexnet":
+            from tests.chexnet_fixtures import write_keras2_chexnet_weights
+
+            weights = work / "chexnet_base_synthetic.h5"
+            write_keras2_chexnet_weights(weights, seed=0)
+            model = build_chexnet(weights=weights)
+            provenance[name] = SYNTHETIC_NOTE
+        else:
+            model = build_davidnet()
+            provenance[name] = "random weights (same graph, same cost)"
+        save_checkpoint(model, target, {"preprocessing": mode, "model": name, "benchmark": provenance[name]})
+        keras.backend.clear_session()
+    folders = {}
+    for subset in ("both", *config.MODELS):
+        folder = work / f"checkpoints_{subset}"
+        folder.mkdir()
+        for name in config.MODELS if subset == "both" else (subset,):
+            for path in (*source.glob(f"{name}.*"), *source.glob(f"*_{name}.*")):
+                (folder / path.name).symlink_to(path)
+        folders[subset] = folder
+    return folders, provenance
+
+
+def test_images(data_dir) -> list[Path]:
+    from covid_xray import data
+
+    try:
+        samples = data.list_samples(data_dir, split="test")
+    except data.DatasetNotFoundError as exc:
+        raise BenchmarkError(str(exc)) from exc
+    return [s.path for s in samples]
+
+
+class ImageCycle:
+    """Hands out the test images in order, round and round (period > the explanation cache)."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+        self.index = 0
+
+    def next(self) -> Path:
+        path = self.paths[self.index % len(self.paths)]
+        self.index += 1
+        return path
+
+
+# ---------------------------------------------------------------------------
+# In-process serving path.
+# ---------------------------------------------------------------------------
+def measure_predict(predictor_factory, images: ImageCycle, method, repeats: int) -> list[float]:
+    """Latencies of `Predictor.predict` (fresh predictor: empty cache; distinct images)."""
+    predictor = predictor_factory()
+    for _ in range(WARM_UP):
+        predictor.predict(images.next(), method=method, alpha=ALPHA)
+    return [timed(predictor.predict, images.next(), method=method, alpha=ALPHA)[0] for _ in range(repeats)]
+
+
+def measure_input_check(results: Results, predictor, images: ImageCycle, repeats: int) -> None:
+    """The share of a request spent on "is this a chest X-ray?" (the OOD guard), when there is one."""
+    from covid_xray import preprocessing
+    from covid_xray.inference import decode_source
+
+    check = getattr(predictor, "check_input", None)
+    if check is None:
+        results.set("input_check", "none in this version")
+        return
+    inputs = [decode_source(images.next()) for _ in range(WARM_UP + repeats)]
+    inputs = [(rgb, preprocessing.resize_for_model(rgb)) for rgb in inputs]
+    for rgb, model_input in inputs[:WARM_UP]:
+        check(rgb, model_input)
+    results.latency(
+        "input_check", [timed(check, rgb, model_input)[0] for rgb, model_input in inputs[WARM_UP:]]
+    )
+
+
+def bench_serving(results: Results, folders: dict[str, Path], images: ImageCycle, quick: bool) -> dict:
+    from covid_xray.inference import WARM_UP_METHODS, Predictor, load_model
+
+    pick = 1 if quick else 0
+    loaded = {}
+    for name in config.MODELS:
+        seconds, loaded[name] = timed(load_model, name, folders["both"])
+        results.set(f"startup_{name}_load", f"{seconds:.2f} s", seconds=seconds)
+        seconds, _ = timed(loaded[name].explainer.warm_up, WARM_UP_METHODS)
+        results.set(f"startup_{name}_trace", f"{seconds:.2f} s", seconds=seconds)
+
+    def factory(*names):
+        missing = {n: "left out of this measurement" for n in config.MODELS if n not in names}
+        return lambda: Predictor({n: loaded[n] for n in names}, missing)
+
+    both = tuple(config.MODELS)
+    n = REPEATS["latency"][pick]
+    results.latency(
+        "davidnet_gradcam", measure_predict(factory("davidnet"), images, "gradcam", n), max_p50_ms=40
+    )
+    results.latency("chexnet_gradcam", measure_predict(factory("chexnet"), images, "gradcam", n))
+    ours = results.latency(
+        "both_gradcam", measure_predict(factory(*both), images, "gradcam", n), max_p50_ms=150
+    )
+    n = REPEATS["latency_secondary"][pick]
+    plus = results.latency("both_gradcam++", measure_predict(factory(*both), images, "gradcam++", n))
+    ratio = plus["p50_ms"] / ours["p50_ms"]
+    text, met = results.cells["both_gradcam++"]
+    results.set(
+        "both_gradcam++", f"{text}  = {ratio:.2f}x Grad-CAM", ratio <= 2.0, **plus, ratio_to_gradcam=ratio
+    )
+    results.latency("both_none", measure_predict(factory(*both), images, None, n))
+    measure_input_check(results, factory(*both)(), images, n)
+
+    for name in config.MODELS:
+        # The first Score-CAM request traces its compiled function (not done at start-up).
+        seconds, _ = timed(factory(name)().predict, images.next(), method="scorecam", alpha=ALPHA)
+        results.set(f"startup_scorecam_{name}", f"{seconds:.2f} s", seconds=seconds)
+        latencies = measure_predict(factory(name), images, "scorecam", REPEATS["scorecam"][pick])
+        results.latency(f"{name}_scorecam", latencies, max_p50_ms=1000)
+    return {"loaded": loaded, "ours_both_p50_ms": ours["p50_ms"]}
+
+
+# ---------------------------------------------------------------------------
+# The naive reference: tf-keras-vis per request, eager model.predict.
+# ---------------------------------------------------------------------------
+def naive_request(path, models: dict, reuse: dict | None = None) -> dict[str, float]:
+    """One request the naive way; returns the seconds spent per model (decode/overlay shared)."""
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    from covid_xray import preprocessing
+    from covid_xray.explain import render_overlay
+    from covid_xray.inference import decode_source, display_image
+
+    rgb = decode_source(path)
+    shown = display_image(rgb)
+    model_input = preprocessing.resize_for_model(rgb)
+    spent = {}
+    for name, (model, mode) in models.items():
+        start = time.perf_counter()
+        x = preprocessing.normalize(model_input, mode)[None]
+        probs = model.predict(x, verbose=0)[0]
+        if reuse is not None:
+            gradcam = reuse[name]
+        else:
+            # Score the logit, not the softmax output: the clone gets a linear last activation.
+            gradcam = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)
+        cam = gradcam(
+            CategoricalScore(int(np.argmax(probs))),
+            x,
+            penultimate_layer=config.MODELS[name].gradcam_layer,
+            seek_penultimate_conv_layer=False,
+        )[0]
+        render_overlay(shown, cam, alpha=ALPHA)
+        spent[name] = time.perf_counter() - start
+    return spent
+
+
+def bench_naive(
+    results: Results, loaded: dict, images: ImageCycle, ours_both_p50_ms: float, quick: bool
+) -> None:
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+
+    models = {name: (lm.explainer.model, lm.preprocessing) for name, lm in loaded.items()}
+    repeats = REPEATS["naive"][1 if quick else 0]
+    naive_request(images.next(), models)  # first eager calls: not timed, as for our path
+    per_model: dict[str, list[float]] = {name: [] for name in models}
+    totals = []
+    for _ in range(repeats):
+        seconds, spent = timed(naive_request, images.next(), models)
+        totals.append(seconds)
+        for name, value in spent.items():
+            per_model[name].append(value)
+    results.latency("naive_davidnet", per_model["davidnet"])
+    results.latency("naive_chexnet", per_model["chexnet"])
+    naive = results.latency("naive_both", totals)
+    speedup = naive["p50_ms"] / ours_both_p50_ms
+    results.set("speedup_both", f"{speedup:.1f}x", speedup >= 6.0, speedup=speedup)
+
+    chexnet = {"chexnet": models["chexnet"]}
+    reuse = {"chexnet": Gradcam(models["chexnet"][0], model_modifier=ReplaceToLinear(), clone=True)}
+    naive_request(images.next(), chexnet, reuse)
+    repeats = REPEATS["naive_reused"][1 if quick else 0]
+    reused = [naive_request(images.next(), chexnet, reuse)["chexnet"] for _ in range(repeats)]
+    results.latency("naive_reused_chexnet", reused)
+
+
+# ---------------------------------------------------------------------------
+# The app over HTTP.
+# ---------------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    """Current and peak resident memory (MB) of a process and of its child processes."""
+    values = {"rss_mb": 0.0, "peak_rss_mb": 0.0, "children_rss_mb": 0.0}
+    status = Path(f"/proc/{pid}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            values["rss_mb"] = int(line.split()[1]) / 1024
+        elif line.startswith("VmHWM:"):
+            values["peak_rss_mb"] = int(line.split()[1]) / 1024
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            try:
+                values["children_rss_mb"] += rss_mb(int(child))["rss_mb"]
+            except (OSError, ValueError):
+                pass
+    return values
+
+
+class AppProcess:
+    """`python app.py` on a free loopback port, serving the checkpoints of one folder."""
+
+    def __init__(self, checkpoint_dir: Path, work: Path, tag: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log_path = work / f"app_{tag}.log"
+        cache = work / f"gradio_{tag}"
+        cache.mkdir()
+        env = dict(os.environ)
+        env.update(
+            GRADIO_SERVER_NAME="127.0.0.1",
+            GRADIO_SERVER_PORT=str(self.port),
+            GRADIO_ANALYTICS_ENABLED="False",
+            GRADIO_TEMP_DIR=str(cache),
+            TF_CPP_MIN_LOG_LEVEL="2",
+            COVID_XRAY_CHECKPOINT_DIR=str(checkpoint_dir),
+            COVID_XRAY_CHEXNET_WEIGHTS=str(work / "no_chexnet_base_weights.h5"),
+        )
+        with open(self.log_path, "wb") as log:
+            self.started = time.perf_counter()
+            self.process = subprocess.Popen(
+                [sys.executable, "app.py"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def wait_until_up(self) -> float:
+        """Seconds from process start until the server answers HTTP."""
+        deadline = self.started + SERVER_START_TIMEOUT_S
+        while time.perf_counter() < deadline:
+            if self.process.poll() is not None:
+                raise BenchmarkError(f"app.py exited with code {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "gradio_api/info", timeout=5) as response:
+                    if response.status == 200:
+                        return time.perf_counter() - self.started
+            except OSError:
+                time.sleep(0.1)
+        raise BenchmarkError(f"app.py did not answer within {SERVER_START_TIMEOUT_S} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+
+
+class AppClient:
+    """The two request kinds a user sends: an upload with a heatmap, and the JSON API."""
+
+    def __init__(self, url: str):
+        import logging
+
+        from gradio_client import Client
+
+        # gradio_client logs every HTTP request at INFO level.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        self.client = Client(
+            url, verbose=False, download_files=False, httpx_kwargs={"timeout": REQUEST_TIMEOUT_S}
+        )
+
+    def upload(self, path) -> None:
+        """The Diagnose tab's upload event: both columns with Grad-CAM overlays."""
+        from gradio_client import handle_file
+
+        self.client.predict(handle_file(str(path)), "gradcam", ALPHA, api_name="/on_upload")
+
+    def api(self, path) -> dict:
+        from gradio_client import handle_file
+
+        return self.client.predict(handle_file(str(path)), api_name="/predict")
+
+
+def bench_app(results: Results, folders: dict[str, Path], work: Path, images: ImageCycle, args) -> None:
+    """Each server configuration in turn; a failed one is reported in the table, not raised."""
+    configs = ("both",) if args.quick else ("both", *config.MODELS)
+    for subset in configs:
+        try:
+            _bench_one_app(results, subset, folders[subset], work, images, args)
+        except Exception as exc:  # noqa: BLE001 - the rest of the table is still worth printing
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            results.notes.append(f"app with {subset} checkpoint(s) failed: {first_line}")
+    for row in ROWS:
+        if row.section == HTTP and row.key not in results.cells:
+            if row.key.startswith("http_") and row.key.split("_")[1] in config.MODELS and args.quick:
+                results.skip(row.key, "--quick")
+            else:
+                results.set(row.key, "failed (see notes)")
+
+
+def _bench_one_app(results: Results, subset: str, checkpoint_dir: Path, work: Path, images, args) -> None:
+    pick = 1 if args.quick else 0
+    app = AppProcess(checkpoint_dir, work, subset)
+    try:
+        up = app.wait_until_up()
+        client = AppClient(app.url)
+        client.upload(images.next())
+        first_answer = time.perf_counter() - app.started
+        if subset == "both":
+            if args.skip_cold_start:
+                results.skip("cold_start", "--skip-cold-start")
+            else:
+                results.set(
+                    "cold_start",
+                    f"{first_answer:.1f} s (HTTP up at {up:.1f} s)",
+                    first_answer <= 15.0,
+                    seconds=first_answer,
+                    server_up_seconds=up,
+                )
+        sent = 1
+        for _ in range(WARM_UP):
+            client.upload(images.next())
+            client.api(images.next())
+            sent += 2
+        key = "http_both_gradcam" if subset == "both" else f"http_{subset}_gradcam"
+        repeats = REPEATS["http" if subset == "both" else "http_single_model"][pick]
+        if subset == "both":
+            warm = rss_mb(app.process.pid)
+            results.set(
+                "rss_warm",
+                f"{warm['peak_rss_mb']:.0f} MB (now {warm['rss_mb']:.0f} MB)",
+                warm["peak_rss_mb"] + warm["children_rss_mb"] <= MAX_RSS_MB,
+                **warm,
+            )
+        results.latency(key, [timed(client.upload, images.next())[0] for _ in range(repeats)])
+        sent += repeats
+        if subset != "both":
+            return
+        results.latency("http_both_api", [timed(client.api, images.next())[0] for _ in range(repeats)])
+        sent += repeats
+        total = REPEATS["http_total"][pick]
+        while sent < total:
+            if sent % 2:
+                client.upload(images.next())
+            else:
+                client.api(images.next())
+            sent += 1
+        after = rss_mb(app.process.pid)
+        results.set(
+            "rss_after",
+            f"{after['peak_rss_mb']:.0f} MB after {sent} requests (now {after['rss_mb']:.0f} MB)",
+            after["peak_rss_mb"] + after["children_rss_mb"] <= MAX_RSS_MB,
+            requests=sent,
+            **after,
+        )
+    finally:
+        app.stop()
+
+
+# ---------------------------------------------------------------------------
+# Evaluation and training.
+# ---------------------------------------------------------------------------
+def bench_evaluate(results: Results, loaded: dict, data_dir, quick: bool) -> None:
+    from covid_xray import data, evaluate
+
+    test = data.list_samples(data_dir, split="test")[: REPEATS["evaluate_files"][1 if quick else 0]]
+    data.clear_cache()
+    seconds, _ = timed(data.load_arrays, test)
+    results.set(
+        "evaluate_decode",
+        f"{len(test) / seconds:.0f} images/s ({len(test)} files)",
+        images_per_s=len(test) / seconds,
+    )
+    for name, lm in loaded.items():
+        # From the original files each time: forget the decoded images first.
+        data.clear_cache()
+        evaluate.predict_samples(lm.explainer.model, test[:2], lm.preprocessing)  # first eager call
+        data.clear_cache()
+        seconds, _ = timed(evaluate.predict_samples, lm.explainer.model, test, lm.preprocessing)
+        rate = len(test) / seconds
+        met = rate >= 30.0 if name == "davidnet" else None
+        results.set(
+            f"evaluate_{name}",
+            f"{rate:.0f} images/s ({len(test)} files, {seconds:.1f} s)",
+            met,
+            images_per_s=rate,
+        )
+
+
+def _epoch_timer():
+    """A Keras callback that records each epoch's wall time."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds: list[float] = []
+            self._start = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return EpochTimer()
+
+
+def _seconds_per_epoch(model, train_ds, val_ds, epochs: int, class_weight=None, untimed: int = 1) -> float:
+    """Median wall time of `epochs` epochs, after `untimed` ones (the first traces the step)."""
+    timer = _epoch_timer()
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=untimed + epochs,
+        class_weight=class_weight,
+        callbacks=[timer],
+        verbose=0,
+    )
+    return float(np.median(timer.seconds[untimed:]))
+
+
+def bench_training(results: Results, loaded: dict, data_dir, quick: bool) -> None:
+    import keras
+    import tensorflow as tf
+
+    from covid_xray import data, models, training
+
+    cfg = training.TrainConfig(model="davidnet")
+    metadata = loaded["davidnet"].metadata.get("config", {})
+    batch_size = int(metadata.get("batch_size", cfg.batch_size))
+    learning_rate = float(metadata.get("learning_rate", cfg.learning_rate))
+    epochs = REPEATS["epochs"][1 if quick else 0]
+    splits = data.make_splits(data_dir, protocol="default", val_fraction=cfg.val_fraction, seed=cfg.seed)
+    (x_tr, y_tr), (x_va, y_va) = data.load_arrays(splits["train"]), data.load_arrays(splits["val"])
+    class_weight = data.class_weights(y_tr)
+
+    def compiled(model):
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        return model
+
+    augmenter = data.build_augmenter(
+        zoom=cfg.zoom, rotation_degrees=cfg.rotation_degrees, shear=cfg.shear, flip=cfg.flip, seed=cfg.seed
+    )
+    make = lambda x, y, **kw: data.make_dataset(x, y, mode="unit", batch_size=batch_size, seed=cfg.seed, **kw)  # noqa: E731
+    keras.utils.set_random_seed(cfg.seed)
+    model = compiled(models.build_davidnet())
+    val = make(x_va, y_va)
+    for phase, augment in (("plain", False), ("augmented", augmenter)):
+        # The augmented phase continues the same model: its training step is already traced.
+        seconds = _seconds_per_epoch(
+            model,
+            make(x_tr, y_tr, shuffle=True, augment=augment),
+            val,
+            epochs,
+            class_weight,
+            untimed=1 if phase == "plain" else 0,
+        )
+        results.set(
+            f"train_davidnet_{phase}",
+            f"{seconds:.1f} s/epoch ({len(x_tr)} images, batch {batch_size})",
+            seconds_per_epoch=seconds,
+            images=len(x_tr),
+            batch_size=batch_size,
+        )
+
+    # CheXNet: the frozen DenseNet121 runs once per image (and augmented view); the head then
+    # trains on the cached pooled features. Steady-state extraction rate: two calls, difference.
+    chexnet = loaded["chexnet"].explainer.model
+    base = keras.Model(chexnet.input, chexnet.get_layer(config.MODELS["chexnet"].gradcam_layer).output)
+    mode = loaded["chexnet"].preprocessing
+    few, more = (8, 24) if quick else (32, 96)
+    t_few, _ = timed(training.extract_features, base, x_tr[:few], mode)
+    t_more, _ = timed(training.extract_features, base, x_tr[:more], mode)
+    rate = (more - few) / max(t_more - t_few, 1e-9)
+    results.set("chexnet_features", f"{rate:.1f} images/s (DenseNet121, batch 32)", images_per_s=rate)
+
+    head_cfg = training.TrainConfig(model="chexnet")
+    features = base.output.shape[-1]
+    rng = np.random.default_rng(0)
+    for phase, views in (("plain", 1), ("augmented", head_cfg.feature_views)):
+        # Timing does not depend on feature values: random features of the cached shape.
+        x = rng.standard_normal((len(x_tr) * views, features)).astype(np.float32)
+        y = keras.utils.to_categorical(np.tile(y_tr, views), config.NUM_CLASSES)
+        xv = rng.standard_normal((len(x_va), features)).astype(np.float32)
+        yv = keras.utils.to_categorical(y_va, config.NUM_CLASSES)
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0).batch(head_cfg.batch_size)
+        vds = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(head_cfg.batch_size)
+        inputs = keras.Input(shape=(features,), name="pooled_features")
+        hidden = keras.layers.Dense(64, activation="relu", name="head_dense")(inputs)
+        outputs = keras.layers.Dense(config.NUM_CLASSES, activation="softmax", name="predictions")(hidden)
+        head = compiled(keras.Model(inputs, outputs))
+        seconds = _seconds_per_epoch(head, ds, vds, epochs, class_weight)
+        results.set(
+            f"train_chexnet_head_{phase}",
+            f"{seconds * 1000:.0f} ms/epoch ({len(x)} feature vectors)",
+            seconds_per_epoch=seconds,
+            vectors=len(x),
+        )
+
+
+# ---------------------------------------------------------------------------
+# Table.
+# ---------------------------------------------------------------------------
+def render_table(results: Results, header: list[str]) -> str:
+    lines = [*header, ""]
+    width = max(len(row.label) for row in ROWS) + 2
+    value_width = max(len(results.cells.get(row.key, ("",))[0]) for row in ROWS) + 2
+    section = None
+    for row in ROWS:
+        if row.section != section:
+            section = row.section
+            lines += ["", f"## {section}"]
+        text, met = results.cells.get(row.key, ("not measured", None))
+        mark = "" if met is None else ("  ok" if met else "  MISSED")
+        target = f"[{row.target}]" if row.target else ""
+        lines.append(f"{row.label:<{width}}{text:<{value_width}}{target}{mark}".rstrip())
+    if results.notes:
+        lines += ["", "Notes:"] + [f"- {note}" for note in results.notes]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few repeats (a smoke run), same rows")
+    parser.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
+    parser.add_argument("--skip-http", action="store_true", help="do not start python app.py")
+    parser.add_argument("--skip-cold-start", action="store_true", help="do not report the cold start")
+    parser.add_argument("--skip-naive", action="store_true", help="do not run the tf-keras-vis reference")
+    parser.add_argument("--data-dir", default=None, help="dataset root (else $COVID_XRAY_DATA)")
+    args = parser.parse_args(argv)
+
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from covid_xray.inference import configure_cpu_threads
+
+    configure_cpu_threads(INTRA_OP_THREADS, INTER_OP_THREADS)
+    import gradio
+    import keras
+    import tensorflow as tf
+
+    started = time.perf_counter()
+    load_before = load_average()
+    results = Results()
+    data_dir = config.resolve_data_dir(args.data_dir)
+    try:
+        images = ImageCycle(test_images(data_dir))
+        with tempfile.TemporaryDirectory(prefix="covid-xray-bench-") as tmp:
+            work = Path(tmp)
+            folders, provenance = prepare_checkpoints(work)
+            serving = bench_serving(results, folders, images, args.quick)
+            if args.skip_naive:
+                for row in ROWS:
+                    if row.section == NAIVE:
+                        results.skip(row.key, "--skip-naive")
+            else:
+                bench_naive(results, serving["loaded"], images, serving["ours_both_p50_ms"], args.quick)
+            if args.skip_http:
+                for row in ROWS:
+                    if row.section == HTTP:
+                        results.skip(row.key, "--skip-http")
+            else:
+                bench_app(results, folders, work, images, args)
+            bench_evaluate(results, serving["loaded"], data_dir, args.quick)
+            bench_training(results, serving["loaded"], data_dir, args.quick)
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    load_after = load_average()
+    cores = len(os.sched_getaffinity(0))
+    header = [
+        "# covid-xray benchmark" + (" (--quick)" if args.quick else ""),
+        f"machine: {cpu_model()}, {cores} CPU cores available; "
+        f"TF threads intra-op {INTRA_OP_THREADS}, inter-op {INTER_OP_THREADS}",
+        f"software: Python {platform.python_version()}, TensorFlow {tf.__version__}, "
+        f"Keras {keras.__version__}, Gradio {gradio.__version__}",
+        f"load average (1/5/15 min): before {' '.join(f'{v:.2f}' for v in load_before)}, "
+        f"after {' '.join(f'{v:.2f}' for v in load_after)}",
+        f"DavidNet: {provenance['davidnet']}; CheXNet: {provenance['chexnet']}",
+        f"inputs: {len(images.paths)} test images from {data_dir}, requests cycle through them",
+        f"command: python benchmarks/bench.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip()
+        + f"  ({time.perf_counter() - started:.0f} s)",
+    ]
+    if max(load_before[0], load_after[0]) > 0.5 * cores:
+        results.notes.append(
+            f"The machine was busy (load average up to {max(load_before[0], load_after[0]):.1f} on "
+            f"{cores} cores): other processes shared the CPU, so timings are inflated."
+        )
+    missed = [row.label for row in ROWS if results.cells.get(row.key, ("", None))[1] is False]
+    if missed:
+        results.notes.append("Targets missed: " + "; ".join(missed) + ".")
+    print(render_table(results, header))
+    if args.json:
+        payload = {
+            "header": header,
+            "quick": args.quick,
+            "cpu_model": cpu_model(),
+            "cores": cores,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+            "provenance": provenance,
+            "results": results.numbers,
+            "table": {row.key: results.cells.get(row.key, ("not measured", None))[0] for row in ROWS},
+            "notes": results.notes,
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
