@@ -229,6 +229,7 @@ def _fit_phases(cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run
         model = model_fn()
     rows: list[dict] = []
     best = np.inf
+    best_weights = None
     kept = {"phase": None, "epoch": None, "val_loss": None}
     phases = [("plain", cfg.epochs, train_plain)]
     if cfg.augment_epochs > 0:
@@ -246,7 +247,12 @@ def _fit_phases(cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run
         rows += _history_rows(history, phase)
         if keep_best.best_epoch is not None:
             best = keep_best.best
+            best_weights = keep_best.best_weights
             kept = {"phase": phase, "epoch": keep_best.best_epoch, "val_loss": best}
+    # A phase that never beat the earlier best leaves its own last weights in the model:
+    # restore the best ones over all phases, so the weights saved are the epoch `kept` names.
+    if best_weights is not None:
+        model.set_weights(best_weights)
     return model, rows, kept
 
 

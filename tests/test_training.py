@@ -55,6 +55,35 @@ def test_keep_best_weights_restores_lowest_val_loss():
     np.testing.assert_array_equal(model.get_weights()[0], snapshots[1][0])
 
 
+def test_fit_phases_restores_best_weights_when_a_later_phase_never_improves(tmp_path):
+    """Regression: a second phase that never beats the first phase's best val loss used to leave
+    its own last weights in the model while `kept` named the first phase's epoch."""
+    import keras
+    import tensorflow as tf
+
+    from covid_xray.training import _compile, _fit_phases
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = keras.utils.to_categorical((x[:, 0] > 0).astype(int), 3)
+    plain = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    # The "augmented" phase learns the opposite labels: its val loss only gets worse.
+    flipped = tf.data.Dataset.from_tensor_slices((x, y[:, [1, 0, 2]])).batch(16)
+    val = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+
+    def model_fn():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4,))
+        return _compile(keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs)), 0.3)
+
+    cfg = TrainConfig(epochs=30, augment_epochs=3, early_stopping_patience=40, lr_patience=40, verbose=0)
+    model, rows, kept = _fit_phases(cfg, model_fn, plain, flipped, val, None, tmp_path, tf.distribute.get_strategy())
+    assert kept["phase"] == "plain"
+    assert min(r["val_loss"] for r in rows if r["phase"] == "augmented") > kept["val_loss"]
+    final_loss = model.evaluate(val, verbose=0)[0]
+    assert final_loss == pytest.approx(kept["val_loss"], rel=1e-4)
+
+
 def test_limit_per_class_keeps_order():
     from covid_xray.data import Sample
 
