@@ -1,0 +1,337 @@
+"""Temperature scaling: the maths on synthetic models with a known answer, and the `fit` CLI on a
+tiny random-weight checkpoint over a synthetic dataset (validation split only, never test)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from covid_xray import calibration, config
+from covid_xray.calibration import (
+    CalibrationError,
+    PaperProtocolError,
+    apply_temperature,
+    calibration_markdown,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    reliability_bins,
+    reliability_image_path,
+)
+from covid_xray.config import CLASS_NAMES, NUM_CLASSES
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _generative(n: int = 5000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """True logits and labels drawn from softmax(true logits): softmax(z) is calibrated by construction."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 1.5, (n, NUM_CLASSES))
+    p = _softmax(z)
+    labels = (rng.random(n)[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+    return z, labels
+
+
+# ---------------------------------------------------------------------------
+# Pure functions.
+# ---------------------------------------------------------------------------
+def test_overconfident_model_is_fixed_and_the_temperature_recovered():
+    z, labels = _generative()
+    overconfident = _softmax(3.0 * z)
+    temperature = fit_temperature(overconfident, labels)
+    # Clipping at PROB_FLOOR costs a little of the far tail: T is close to, not exactly, 3.
+    assert temperature == pytest.approx(3.0, abs=0.2)
+    scaled = apply_temperature(overconfident, temperature)
+    assert (
+        expected_calibration_error(scaled, labels)
+        < 0.03
+        < 0.15
+        < expected_calibration_error(overconfident, labels)
+    )
+    assert negative_log_likelihood(scaled, labels) < negative_log_likelihood(overconfident, labels) - 0.2
+    # As good as the true probabilities, which no temperature can beat (up to sampling noise).
+    assert negative_log_likelihood(scaled, labels) == pytest.approx(
+        negative_log_likelihood(_softmax(z), labels), abs=0.01
+    )
+
+
+def test_underconfident_model_gets_a_temperature_below_one():
+    z, labels = _generative(seed=1)
+    temperature = fit_temperature(_softmax(0.5 * z), labels)
+    assert temperature == pytest.approx(0.5, abs=0.05)
+
+
+def test_ece_of_calibrated_and_overconfident_constructions():
+    z, labels = _generative(n=20000, seed=2)
+    assert expected_calibration_error(_softmax(z), labels) < 0.02
+    # Always 99% sure, right about a third of the time: ECE near 0.99 - 1/3.
+    always_sure = np.tile([0.99, 0.005, 0.005], (len(labels), 1))
+    assert expected_calibration_error(always_sure, labels) == pytest.approx(
+        0.99 - np.mean(labels == 0), abs=1e-9
+    )
+
+
+def test_ece_and_bins_on_a_hand_computed_example():
+    probs = np.array([[0.95, 0.03, 0.02], [0.9, 0.05, 0.05], [0.2, 0.5, 0.3], [0.1, 0.3, 0.6]])
+    labels = np.array([0, 1, 1, 1])
+    bins = reliability_bins(probs, labels, n_bins=10)
+    assert bins.counts.tolist() == [0, 0, 0, 0, 0, 1, 1, 0, 0, 2]
+    assert bins.confidence[9] == pytest.approx(0.925) and bins.accuracy[9] == pytest.approx(0.5)
+    assert np.isnan(bins.confidence[0]) and bins.n == 4
+    expected = (2 / 4) * abs(0.5 - 0.925) + (1 / 4) * abs(1 - 0.5) + (1 / 4) * abs(0 - 0.6)
+    assert expected_calibration_error(probs, labels) == pytest.approx(expected)
+    # A confidence of exactly 1.0 lands in the last bin.
+    assert reliability_bins(np.array([[1.0, 0, 0]]), np.array([0])).counts[-1] == 1
+
+
+def test_nll_on_a_hand_computed_example():
+    probs = np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.0, 0.0, 1.0]])
+    labels = np.array([0, 1, 0])
+    expected = -(np.log(0.5) + np.log(0.8) + np.log(calibration.PROB_FLOOR)) / 3
+    assert negative_log_likelihood(probs, labels) == pytest.approx(expected)
+
+
+def test_apply_temperature_identity_argmax_and_limits():
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(NUM_CLASSES), size=200)
+    probs = np.clip(probs, 1e-3, None)
+    probs /= probs.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(apply_temperature(probs, 1.0), probs, rtol=1e-12)
+    for t in (0.3, 2.0, 7.0):
+        scaled = apply_temperature(probs, t)
+        np.testing.assert_allclose(scaled.sum(axis=1), 1.0)
+        np.testing.assert_array_equal(scaled.argmax(axis=1), probs.argmax(axis=1))
+    # Softer with T > 1, sharper with T < 1; a huge T tends to uniform.
+    assert np.all(apply_temperature(probs, 2.0).max(axis=1) <= probs.max(axis=1) + 1e-12)
+    assert np.all(apply_temperature(probs, 0.5).max(axis=1) >= probs.max(axis=1) - 1e-12)
+    np.testing.assert_allclose(apply_temperature(probs, 1e6), 1 / NUM_CLASSES, atol=1e-5)
+    # One image (a 1-D vector), as the app calls it.
+    one = apply_temperature(probs[0], 2.0)
+    assert one.shape == (NUM_CLASSES,)
+    np.testing.assert_allclose(one, apply_temperature(probs[:1], 2.0)[0])
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), None])
+def test_invalid_temperature_is_refused(bad):
+    with pytest.raises(CalibrationError, match="Temperature"):
+        apply_temperature(np.array([0.2, 0.3, 0.5]), bad)
+    assert calibration.temperature_from_metadata({"calibration": {"temperature": bad}}) is None
+
+
+def test_fit_refuses_bad_input():
+    with pytest.raises(CalibrationError, match="zero samples"):
+        fit_temperature(np.zeros((0, 3)), np.zeros(0, np.int64))
+    with pytest.raises(CalibrationError, match="labels"):
+        fit_temperature(np.full((4, 3), 1 / 3), np.array([0, 1]))
+    with pytest.raises(CalibrationError, match="class indices"):
+        fit_temperature(np.full((2, 3), 1 / 3), np.array([0, 3]))
+
+
+def test_temperature_from_metadata():
+    assert calibration.temperature_from_metadata({}) is None
+    assert calibration.temperature_from_metadata(None) is None
+    assert calibration.temperature_from_metadata({"calibration": {"temperature": 1.7}}) == 1.7
+
+
+def test_split_settings_refuse_the_paper_protocol_and_missing_records():
+    with pytest.raises(PaperProtocolError, match="test set"):
+        calibration.split_settings({"protocol": "paper", "config": {"val_fraction": 0.2, "seed": 1}})
+    with pytest.raises(PaperProtocolError):
+        calibration.split_settings({"config": {"protocol": "paper", "val_fraction": 0.2, "seed": 1}})
+    with pytest.raises(CalibrationError, match="seed"):
+        calibration.split_settings({"protocol": "default", "config": {"val_fraction": 0.2}})
+    assert calibration.split_settings(
+        {"protocol": "default", "config": {"protocol": "default", "val_fraction": 0.25, "seed": 7}}
+    ) == ("default", 0.25, 7)
+
+
+def test_plot_reliability_writes_a_png(tmp_path):
+    from PIL import Image
+
+    z, labels = _generative(n=300, seed=4)
+    path = calibration.plot_reliability(
+        {"validation": (_softmax(3 * z), labels), "test": (_softmax(2 * z), labels)}, 2.5, tmp_path / "r.png"
+    )
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > image.size[1] > 100
+
+
+# ---------------------------------------------------------------------------
+# The `fit` CLI on a tiny checkpoint (random DavidNet) and a synthetic dataset.
+# ---------------------------------------------------------------------------
+SPLIT = {"protocol": "default", "val_fraction": 0.34, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A synthetic dataset, a random DavidNet trained on nothing, its evaluation, then `fit` (twice)."""
+    import keras
+
+    from covid_xray.checkpoints import save_checkpoint
+    from covid_xray.evaluate import evaluate_model
+    from covid_xray.models import build_davidnet
+    from tests.test_data import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("calibration")
+    data_dir = make_synthetic_dataset(root / "Covid19-dataset")
+    checkpoints, reports = root / "checkpoints", root / "reports"
+    keras.utils.set_random_seed(0)
+    metadata = {"model": "davidnet", "preprocessing": "unit", "protocol": "default", "config": dict(SPLIT)}
+    ckpt = config.MODELS["davidnet"].checkpoint_path(checkpoints)
+    save_checkpoint(build_davidnet(), ckpt, metadata)
+    evaluate_model(
+        "davidnet", data_dir=str(data_dir), out_dir=str(reports / "davidnet"), checkpoint=str(ckpt)
+    )
+    assert calibration.load_calibration("davidnet", reports) is None
+    before = calibration_markdown("davidnet", reports)
+    image_before = reliability_image_path("davidnet", reports)
+    argv = [
+        "fit",
+        "--model",
+        "davidnet",
+        "--data-dir",
+        str(data_dir),
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--reports-dir",
+        str(reports),
+    ]
+    assert calibration.main(argv) == 0
+    outputs = [
+        ckpt.with_suffix(".json"),
+        reports / "davidnet" / "calibration.json",
+        reports / "davidnet" / "reliability.png",
+    ]
+    first = [path.read_bytes() for path in outputs]
+    assert calibration.main(argv) == 0
+    return {
+        "data_dir": data_dir,
+        "checkpoints": checkpoints,
+        "reports": reports,
+        "ckpt": ckpt,
+        "argv": argv,
+        "first": first,
+        "second": [path.read_bytes() for path in outputs],
+        "before": before,
+        "image_before": image_before,
+    }
+
+
+@pytest.mark.slow
+def test_fit_writes_the_sidecar_key_the_report_and_the_png(fitted):
+    from PIL import Image
+
+    from covid_xray import data
+    from covid_xray.checkpoints import load_checkpoint, sha256_file
+    from covid_xray.evaluate import read_predictions
+
+    ckpt, reports = fitted["ckpt"], fitted["reports"]
+    _, metadata = load_checkpoint(ckpt)  # the sidecar still matches the untouched .keras file
+    assert metadata["sha256"] == sha256_file(ckpt)
+    entry = metadata["calibration"]
+    report = json.loads((reports / "davidnet" / "calibration.json").read_text())
+    val = data.make_splits(fitted["data_dir"], **SPLIT)["val"]
+    assert entry["fitted_on"] == report["fitted_on"] == "validation"
+    assert entry["temperature"] == report["temperature"] > 0
+    assert entry["n_val"] == report["splits"]["validation"]["n"] == len(val)
+    assert report["split"] == SPLIT and report["checkpoint_sha256"] == metadata["sha256"]
+    # Test numbers are exactly those of the committed predictions.csv under the stored T.
+    rows = read_predictions(reports / "davidnet" / "predictions.csv")
+    probs = np.array([[r[f"p_{c}"] for c in CLASS_NAMES] for r in rows])
+    labels = np.array([CLASS_NAMES.index(r["true"]) for r in rows])
+    clean = np.array([not r["leaked"] for r in rows])
+    for key, mask in (("official", np.ones(len(rows), bool)), ("leakage_free", clean)):
+        sub = report["splits"][key]
+        assert sub["n"] == int(mask.sum())
+        assert sub["after"]["ece"] == pytest.approx(
+            expected_calibration_error(apply_temperature(probs[mask], entry["temperature"]), labels[mask]),
+            abs=1e-6,
+        )
+        assert sub["before"]["nll"] == pytest.approx(
+            negative_log_likelihood(probs[mask], labels[mask]), abs=1e-6
+        )
+        assert sub["accuracy"] == pytest.approx(np.mean(probs[mask].argmax(1) == labels[mask]), abs=1e-6)
+    assert report["splits"]["official"]["n"] == 11 and report["splits"]["leakage_free"]["n"] == 9
+    # T minimises validation NLL: it can only improve (or keep) it.
+    validation = report["splits"]["validation"]
+    assert validation["after"]["nll"] <= validation["before"]["nll"] + 1e-6
+    with Image.open(reports / "davidnet" / "reliability.png") as image:
+        assert image.format == "PNG"
+    assert reliability_image_path("davidnet", reports) == reports / "davidnet" / "reliability.png"
+
+
+@pytest.mark.slow
+def test_fit_is_deterministic(fitted):
+    assert fitted["first"] == fitted["second"]
+
+
+@pytest.mark.slow
+def test_markdown_before_and_after_fitting(fitted):
+    assert "no calibration yet" in fitted["before"]
+    assert "python -m covid_xray.calibration fit --model davidnet" in fitted["before"]
+    assert fitted["image_before"] is None
+    text = calibration_markdown("davidnet", fitted["reports"])
+    report = calibration.load_calibration("davidnet", fitted["reports"])
+    assert f"T = {report['temperature']:.2f}" in text
+    for key, title in calibration.SPLIT_TITLES.items():
+        assert f"| {title} | {report['splits'][key]['n']} |" in text
+    official = report["splits"]["official"]
+    assert f"{official['before']['ece']:.3f} → {official['after']['ece']:.3f}" in text
+    assert "never changes" in text
+
+
+@pytest.mark.slow
+def test_paper_protocol_is_refused_and_nothing_written(fitted, tmp_path, capsys):
+    from covid_xray.checkpoints import read_metadata, sidecar_path, write_json
+
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(fitted["checkpoints"], checkpoints)
+    reports = tmp_path / "reports"
+    shutil.copytree(fitted["reports"], reports)
+    (reports / "davidnet" / "calibration.json").unlink()
+    ckpt = config.MODELS["davidnet"].checkpoint_path(checkpoints)
+    metadata = read_metadata(ckpt)
+    metadata.pop("calibration")
+    metadata["protocol"] = "paper"
+    metadata["config"]["protocol"] = "paper"
+    write_json(sidecar_path(ckpt), metadata)
+    argv = [
+        "fit",
+        "--data-dir",
+        str(fitted["data_dir"]),
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--reports-dir",
+        str(reports),
+    ]
+    assert calibration.main(argv) == 2
+    assert "'paper' protocol" in capsys.readouterr().err
+    with pytest.raises(PaperProtocolError):
+        calibration.fit_model(
+            "davidnet", data_dir=fitted["data_dir"], checkpoint_dir=checkpoints, reports_dir=reports
+        )
+    assert "calibration" not in read_metadata(ckpt)
+    assert not (reports / "davidnet" / "calibration.json").exists()
+
+
+@pytest.mark.slow
+def test_stale_or_missing_predictions_are_refused(fitted, tmp_path):
+    reports = tmp_path / "reports"
+    shutil.copytree(fitted["reports"], reports)
+    metrics_path = reports / "davidnet" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["checkpoint_sha256"] = "0" * 64
+    metrics_path.write_text(json.dumps(metrics))
+    kwargs = {"data_dir": fitted["data_dir"], "checkpoint_dir": fitted["checkpoints"], "reports_dir": reports}
+    with pytest.raises(CalibrationError, match="another checkpoint"):
+        calibration.fit_model("davidnet", **kwargs)
+    assert "Out of date" in calibration_markdown("davidnet", reports)
+    (reports / "davidnet" / "predictions.csv").unlink()
+    with pytest.raises(CalibrationError, match="python -m covid_xray.evaluate --model davidnet"):
+        calibration.fit_model("davidnet", **kwargs)
