@@ -65,6 +65,7 @@ class _InteractiveResult(NamedTuple):
     probs: tf.Tensor  # (num_classes,)
     gradcam: _CamResult
     gradcam_plus_plus: _CamResult
+    features: tf.Tensor  # (D,) the `feature_layer` output (pooled if spatial); (0,) without one
 
 
 class _LogitsHead(keras.layers.Layer):
@@ -147,6 +148,9 @@ class Explainer:
             convolutional block, with output (batch, h, w, channels).
         scorecam_max_n: Faster-Score-CAM keeps this many feature maps (capped at the number of
             channels of the target layer).
+        feature_layer: optional layer whose output (globally averaged if spatial) the compiled
+            function also returns, from the same forward pass: the OOD guard's features
+            (``ood.FEATURE_LAYERS``) then cost no second pass through the network.
 
     Attributes:
         model, layer_name, input_shape, num_classes, scorecam_max_n: as given / as found.
@@ -162,7 +166,14 @@ class Explainer:
     Thread counts are the app's business: nothing here sets them.
     """
 
-    def __init__(self, model: keras.Model, layer_name: str, *, scorecam_max_n: int = DEFAULT_SCORECAM_MAX_N):
+    def __init__(
+        self,
+        model: keras.Model,
+        layer_name: str,
+        *,
+        scorecam_max_n: int = DEFAULT_SCORECAM_MAX_N,
+        feature_layer: str | None = None,
+    ):
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             raise ExplainerError(
                 f"Expected a model with 1 input and 1 output, got {len(model.inputs)} inputs and "
@@ -199,6 +210,8 @@ class Explainer:
             )
         if scorecam_max_n < 1:
             raise ExplainerError(f"scorecam_max_n must be at least 1, got {scorecam_max_n}.")
+        if feature_layer is not None and feature_layer not in {layer.name for layer in model.layers}:
+            raise ExplainerError(f"Feature layer {feature_layer!r} is not in model {model.name!r}.")
 
         self.model = model
         self.layer_name = layer_name
@@ -211,6 +224,11 @@ class Explainer:
         self.logits_model = keras.Model(model.inputs[0], logits, name=f"{model.name}_logits")
         # One graph for probabilities and CAM: target-layer activations and class logits together.
         self._features = keras.Model(model.inputs[0], [target.output, logits], name=f"{model.name}_cam")
+        self.feature_layer = feature_layer
+        extra = [model.get_layer(feature_layer).output] if feature_layer else []
+        self._interactive_model = keras.Model(
+            model.inputs[0], [target.output, logits, *extra], name=f"{model.name}_cam_features"
+        )
 
         # One compiled function (fixed input signature, traced once) serves `predict` and both
         # gradient methods: see the module docstring.
@@ -232,17 +250,25 @@ class Explainer:
         # layer even when its weights are frozen (CheXNet's DenseNet base is not trainable).
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(x)
-            activations, logits = self._features(x, training=False)
+            activations, logits, *extra = self._interactive_model(x, training=False)
             logits = tf.cast(logits, tf.float32)
             # A negative class index means "the predicted class".
             target = tf.where(class_index < 0, tf.argmax(logits[0], output_type=tf.int32), class_index)
             score = tf.gather(logits[0], target)
         grads = tf.cast(tape.gradient(score, activations), tf.float32)
         activations = tf.cast(activations, tf.float32)
+        if extra:
+            features = tf.cast(extra[0], tf.float32)
+            if len(features.shape) == 4:  # feature maps: one value per channel
+                features = tf.reduce_mean(features, axis=(1, 2))
+            features = tf.reshape(features, (-1,))
+        else:
+            features = tf.zeros((0,), tf.float32)
         return _InteractiveResult(
             tf.nn.softmax(logits)[0],
             self._cam_from(grads, activations, score, _gradcam_weights),
             self._cam_from(grads, activations, score, _gradcam_plus_plus_weights),
+            features,
         )
 
     def _cam_from(self, grads: tf.Tensor, activations: tf.Tensor, score: tf.Tensor, weights_fn) -> _CamResult:
@@ -298,6 +324,26 @@ class Explainer:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (num_classes,), from the compiled function."""
         return self._interactive(self._as_batch(x), tf.constant(-1, tf.int32)).probs.numpy()
+
+    def analyse(self, x: np.ndarray, method: str | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Probabilities, the heatmap of the predicted class (None when `method` is None) and the
+        `feature_layer` features (None without a feature layer, or for Score-CAM, whose compiled
+        function does not compute them), from one call of the compiled function.
+
+        Raises:
+            ExplainerError: as :meth:`explain`.
+        """
+        if method == "scorecam":
+            probs, heatmap = self.explain(x, method)
+            return probs, heatmap, None
+        if method is not None and method not in METHODS:
+            raise ExplainerError(f"Unknown explanation method {method!r}; expected one of {METHODS}.")
+        result = self._interactive(self._as_batch(x), tf.constant(-1, tf.int32))
+        heatmap = None
+        if method is not None:
+            heatmap = (result.gradcam_plus_plus if method == "gradcam++" else result.gradcam).heatmap.numpy()
+        features = result.features.numpy() if self.feature_layer else None
+        return result.probs.numpy(), heatmap, features
 
     def explain(
         self,

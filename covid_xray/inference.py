@@ -5,8 +5,13 @@ The app, its API endpoint and the error gallery all go through one :class:`Predi
     predictor = Predictor.from_checkpoints()
     result = predictor.predict("scan.dcm", method="gradcam", alpha=0.4)
     result.models["davidnet"].probabilities   # {"Covid": .., "Normal": .., "Viral Pneumonia": ..}
+    result.models["davidnet"].temperature     # calibration T from the checkpoint sidecar, or None
     result.input_check.is_xray_likely        # the OOD guard (covid_xray.ood): warnings, never a refusal
     result.to_api_json()
+
+When a checkpoint's sidecar records a fitted temperature (`python -m covid_xray.calibration fit`),
+`probabilities` are the calibrated ones and `raw_probabilities` the model's own softmax; the
+predicted class is the same for both.
 
 A model whose checkpoint (or, for CheXNet, base weights) is missing is recorded as unavailable
 with a message for people that names the exact fix; the other model keeps working.
@@ -84,12 +89,18 @@ class ModelPrediction:
     display_name: str
     available: bool
     message: str = ""
-    probabilities: dict[str, float] = field(default_factory=dict)  # keys: CLASS_NAMES
+    probabilities: dict[str, float] = field(default_factory=dict)  # keys: CLASS_NAMES; calibrated if T
     predicted: str | None = None
-    confidence: float | None = None
+    confidence: float | None = None  # probabilities[predicted]
     method: str | None = None
     heatmap: np.ndarray | None = None  # IMAGE_SIZE x IMAGE_SIZE float32 in [0, 1]
     overlay: np.ndarray | None = None  # uint8 RGB, the display image's size
+    raw_probabilities: dict[str, float] = field(default_factory=dict)  # the model's softmax output
+    temperature: float | None = None  # calibration temperature applied; None when uncalibrated
+
+    @property
+    def calibrated(self) -> bool:
+        return self.temperature is not None
 
     def label_value(self) -> dict[str, float] | None:
         """`gr.Label` value: {display class name: probability}; None when unavailable."""
@@ -101,7 +112,8 @@ class ModelPrediction:
         """One line for people: the predicted class and how the heatmap was made."""
         if not self.available:
             return f"**{self.display_name} not installed.**"
-        text = f"**{self.display_name}: {CLASS_DISPLAY_NAMES[self.predicted]}** ({self.confidence:.1%})"
+        note = ", calibrated" if self.calibrated else ""
+        text = f"**{self.display_name}: {CLASS_DISPLAY_NAMES[self.predicted]}** ({self.confidence:.1%}{note})"
         if self.method:
             text += (
                 f"  \n{METHOD_DISPLAY_NAMES[self.method]} evidence for {CLASS_DISPLAY_NAMES[self.predicted]}"
@@ -115,6 +127,9 @@ class ModelPrediction:
             "available": True,
             "prediction": self.predicted,
             "probabilities": dict(self.probabilities),
+            "raw_probabilities": dict(self.raw_probabilities or self.probabilities),
+            "calibrated": self.calibrated,
+            "temperature": self.temperature,
         }
 
 
@@ -130,7 +145,8 @@ class PredictionResult:
     input_check: Any = None
 
     def to_api_json(self) -> dict[str, Any]:
-        """The API's JSON, per model: `{available, prediction, probabilities}` or `{available, message}`;
+        """The API's JSON, per model: `{available, prediction, probabilities, raw_probabilities,
+        calibrated, temperature}` or `{available, message}`;
         plus `input_check: {is_xray_likely, warnings}` (warnings are sentences for people)."""
         payload: dict[str, Any] = {name: prediction.to_json() for name, prediction in self.models.items()}
         if self.input_check is not None:
@@ -158,6 +174,8 @@ class LoadedModel:
     preprocessing: str
     metadata: dict
     guard: Any = None  # covid_xray.ood.Guard: cheap checks + this model's learned check, or None
+    # Calibration temperature from the sidecar (covid_xray.calibration); None = raw probabilities.
+    temperature: float | None = None
 
 
 def _unavailable_message(
@@ -214,6 +232,7 @@ def load_model(
     Raises:
         CheckpointError: missing, corrupted or unloadable checkpoint.
     """
+    from covid_xray.calibration import temperature_from_metadata
     from covid_xray.checkpoints import load_checkpoint
     from covid_xray.explain import Explainer
 
@@ -223,10 +242,23 @@ def load_model(
     if mode not in preprocessing.PREPROCESSING_MODES:
         mode = spec.preprocessing_for("default")
         logger.warning("Checkpoint of %s records no preprocessing mode; assuming %r.", name, mode)
-    kwargs = {} if scorecam_max_n is None else {"scorecam_max_n": scorecam_max_n}
-    explainer = Explainer(model, spec.gradcam_layer, **kwargs)
     guard = _load_guard(name, checkpoint_dir, model, metadata)
-    return LoadedModel(name=name, explainer=explainer, preprocessing=mode, metadata=metadata, guard=guard)
+    # The learned OOD check reads its features from the explainer's forward pass (no second pass).
+    feature_layer = guard.extractor.layer if guard is not None and guard.learned_enabled else None
+    explainer = Explainer(
+        model,
+        spec.gradcam_layer,
+        scorecam_max_n=spec.scorecam_max_n if scorecam_max_n is None else scorecam_max_n,
+        feature_layer=feature_layer,
+    )
+    return LoadedModel(
+        name=name,
+        explainer=explainer,
+        preprocessing=mode,
+        metadata=metadata,
+        guard=guard,
+        temperature=temperature_from_metadata(metadata),
+    )
 
 
 def _load_guard(name: str, checkpoint_dir, model, metadata: dict):
@@ -316,7 +348,7 @@ class Predictor:
             weights_path: CheXNet base weights, only used to say what is missing.
             warm_up: trace the compiled function of `WARM_UP_METHODS` now (probabilities, Grad-CAM
                 and Grad-CAM++), so that the first request is fast; Score-CAM is traced on first use.
-            scorecam_max_n: feature maps kept by Score-CAM (the explainer's default if None).
+            scorecam_max_n: feature maps kept by Score-CAM (each model's `ModelSpec` value if None).
         """
         from covid_xray.checkpoints import CheckpointError
         from covid_xray.explain import ExplainerError
@@ -332,13 +364,18 @@ class Predictor:
                 continue
             if warm_up:
                 loaded[name].explainer.warm_up(WARM_UP_METHODS)
-                if loaded[name].guard is not None:
+                # The guard's own feature function only serves Score-CAM requests (the others get
+                # the features from the explainer): it is traced on first use.
+                if loaded[name].guard is not None and loaded[name].explainer.feature_layer is None:
                     loaded[name].guard.warm_up()
             logger.info(
-                "Loaded %s from %s (preprocessing %r).",
+                "Loaded %s from %s (preprocessing %r, %s).",
                 spec.display_name,
                 checkpoint,
                 loaded[name].preprocessing,
+                "uncalibrated"
+                if loaded[name].temperature is None
+                else f"calibration temperature {loaded[name].temperature:g}",
             )
         return cls(loaded, unavailable)
 
@@ -363,18 +400,23 @@ class Predictor:
                 return guard
         return None
 
-    def check_input(self, rgb: np.ndarray, model_input: np.ndarray):
+    def check_input(self, rgb: np.ndarray, model_input: np.ndarray, features: dict | None = None):
         """The OOD guard's answer to "is this a chest X-ray?" (`ood.OODResult`): warns, never blocks.
 
         Args:
             rgb: the decoded uint8 HxWx3 image at its own size.
             model_input: the same image resized for the models (uint8 224x224x3).
+            features: {model name: guard features} already computed by the explainers (`_run`);
+                the guard's model runs again only when its features are missing.
         """
         from covid_xray import ood
 
         guard = self.input_guard
         if guard is None:
             return ood.check_image(rgb)
+        known = (features or {}).get(guard.model_name)
+        if known is not None:
+            return guard.check(rgb, model_input, features=known)
         with self._lock:  # the learned check runs a model: one image at a time, like `_run`
             return guard.check(rgb, model_input)
 
@@ -395,6 +437,7 @@ class Predictor:
             imaging.ImageDecodeError: the source is not a usable image.
             ValueError: unknown method or alpha outside [0, 1].
         """
+        from covid_xray.calibration import apply_temperature
         from covid_xray.explain import METHODS
 
         if method is not None and method not in METHODS:
@@ -407,15 +450,18 @@ class Predictor:
         model_input = preprocessing.resize_for_model(rgb)
         digest = hashlib.sha256(np.ascontiguousarray(model_input).tobytes()).hexdigest()
 
-        predictions = {}
+        predictions, features = {}, {}
         for name, spec in MODELS.items():
             if name not in self.loaded:
                 predictions[name] = ModelPrediction(
                     name, spec.display_name, available=False, message=self.unavailable.get(name, "")
                 )
                 continue
-            probs, heatmap = self._run(self.loaded[name], model_input, digest, method)
-            index = int(np.argmax(probs))
+            raw, heatmap, features[name] = self._run(self.loaded[name], model_input, digest, method)
+            # The predicted class is the model's argmax; a temperature (> 0) cannot change it.
+            index = int(np.argmax(raw))
+            temperature = self.loaded[name].temperature
+            probs = raw if temperature is None else apply_temperature(raw, temperature)
             overlay = None
             if heatmap is not None:
                 from covid_xray.explain import render_overlay
@@ -431,19 +477,22 @@ class Predictor:
                 method=method,
                 heatmap=heatmap,
                 overlay=overlay,
+                raw_probabilities={c: float(p) for c, p in zip(CLASS_NAMES, raw, strict=True)},
+                temperature=temperature,
             )
         return PredictionResult(
             image=shown,
             models=predictions,
             method=method,
             alpha=float(alpha),
-            input_check=self.check_input(rgb, model_input),
+            input_check=self.check_input(rgb, model_input, features),
         )
 
     def _run(
         self, loaded: LoadedModel, model_input: np.ndarray, digest: str, method: str | None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities and heatmap for one model, from the cache when this image was seen."""
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Probabilities, heatmap and OOD-guard features (None when the explainer has no feature
+        layer, or for Score-CAM) for one model, from the cache when this image was seen."""
         key = (loaded.name, method, digest)
         with self._lock:
             cached = self._cache.get(key)
@@ -455,15 +504,12 @@ class Predictor:
             if cached is not None:
                 if key in self._cache:
                     self._cache.move_to_end(key)
-                probs, heatmap = cached
-                return probs, (None if method is None else heatmap)
+                probs, heatmap, features = cached
+                return probs, (None if method is None else heatmap), features
             x = preprocessing.normalize(model_input, loaded.preprocessing)
-            if method is None:
-                probs, heatmap = loaded.explainer.predict(x), None
-            else:
-                probs, heatmap = loaded.explainer.explain(x, method)
+            probs, heatmap, features = loaded.explainer.analyse(x, method)
             probs = np.asarray(probs, np.float64)
-            self._cache[key] = (probs, heatmap)
+            self._cache[key] = (probs, heatmap, features)
             while len(self._cache) > EXPLANATION_CACHE_SIZE:
                 self._cache.popitem(last=False)
-            return probs, heatmap
+            return probs, heatmap, features

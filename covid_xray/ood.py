@@ -677,7 +677,9 @@ class Guard:
             x = preprocessing.normalize(x, self.preprocessing)
         return self.extractor(x)
 
-    def check(self, rgb: np.ndarray, model_input: np.ndarray | None = None) -> OODResult:
+    def check(
+        self, rgb: np.ndarray, model_input: np.ndarray | None = None, *, features: np.ndarray | None = None
+    ) -> OODResult:
         """Run every check on one image.
 
         Args:
@@ -685,6 +687,8 @@ class Guard:
             model_input: the same image resized for the model: uint8 224x224x3
                 (`preprocessing.resize_for_model(rgb)`, normalised here with the model's mode)
                 or an already-normalised float32 224x224x3 array. None: resized here.
+            features: this image's (D,) features when the caller already has them (the
+                explainer computes them in its forward pass); None runs the feature function.
 
         Raises:
             ValueError: `rgb` is not a uint8 HxWx3 array.
@@ -695,7 +699,10 @@ class Guard:
             if model_input is None:
                 model_input = preprocessing.resize_for_model(np.asarray(rgb))
             try:
-                distance = float(self.feature_guard.score(self.features(model_input))[0])
+                if features is None:
+                    features = self.features(model_input)
+                features = np.asarray(features, np.float32).reshape(1, -1)
+                distance = float(self.feature_guard.score(features)[0])
             except Exception as exc:  # noqa: BLE001 - the guard warns; it must never break a prediction
                 logger.warning("OOD feature check of %s failed: %s", self.display_name, exc)
             else:

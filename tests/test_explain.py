@@ -442,3 +442,20 @@ def test_chexnet_smoke():
         assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
     # DenseNet121's last block is 7x7.
     assert explainer.explain(x, "gradcam", upsample=False)[1].shape == (7, 7)
+
+
+def test_feature_layer_comes_from_the_same_forward_pass(davidnet, davidnet_explainer):
+    """`analyse` returns probabilities, the heatmap and the feature layer's output from one call;
+    the features equal a separate sub-model's, and nothing else changes."""
+    fused = Explainer(davidnet, MODELS["davidnet"].gradcam_layer, feature_layer="dense2")
+    x = _random_image(INPUT_SHAPE, seed=4)
+    probs, heatmap, features = fused.analyse(x, "gradcam")
+    reference = keras.Model(davidnet.input, davidnet.get_layer("dense2").output)(x[None]).numpy()[0]
+    np.testing.assert_allclose(features, reference, rtol=1e-5, atol=1e-6)
+    expected_probs, expected_map = davidnet_explainer.explain(x, "gradcam")
+    np.testing.assert_allclose(probs, expected_probs, atol=1e-6)
+    np.testing.assert_allclose(heatmap, expected_map, atol=1e-5)
+    assert fused.analyse(x, None)[1] is None
+    assert davidnet_explainer.analyse(x, "gradcam++")[2] is None  # no feature layer, no features
+    with pytest.raises(ExplainerError, match="Feature layer 'nope'"):
+        Explainer(davidnet, MODELS["davidnet"].gradcam_layer, feature_layer="nope")

@@ -211,3 +211,44 @@ def test_invalid_settings_are_refused(predictor_davidnet, method, alpha):
 def test_display_image_keeps_small_images():
     image = np.zeros((40, 30, 3), np.uint8)
     assert display_image(image) is image
+
+
+def test_calibrated_checkpoint_serves_calibrated_probabilities(
+    predictor_davidnet, checkpoint_dir_davidnet, missing_weights, tmp_path
+):
+    """A temperature in the sidecar: calibrated probabilities shown, raw ones in the JSON, same class."""
+    from covid_xray.calibration import apply_temperature
+    from covid_xray.checkpoints import read_metadata, sidecar_path, write_json
+
+    calibrated_dir = tmp_path / "calibrated"
+    shutil.copytree(checkpoint_dir_davidnet, calibrated_dir)
+    checkpoint = config.MODELS["davidnet"].checkpoint_path(calibrated_dir)
+    metadata = read_metadata(checkpoint)
+    metadata["calibration"] = {"temperature": 0.25, "fitted_on": "validation", "n_val": 50}
+    write_json(sidecar_path(checkpoint), metadata)  # the recorded sha256 is the .keras file's: still valid
+    predictor = Predictor.from_checkpoints(calibrated_dir, missing_weights, warm_up=False)
+    assert predictor.loaded["davidnet"].temperature == 0.25
+
+    image = np.stack([xray_like(220, 220, seed=9)] * 3, axis=-1)
+    raw = predictor_davidnet.predict(image, method=None).models["davidnet"]
+    calibrated = predictor.predict(image, method="gradcam").models["davidnet"]
+    raw_values = np.array([raw.probabilities[c] for c in CLASS_NAMES])
+    values = np.array([calibrated.probabilities[c] for c in CLASS_NAMES])
+    _assert_probabilities(calibrated.probabilities)
+    np.testing.assert_allclose(values, apply_temperature(raw_values, 0.25), atol=1e-9)
+    assert calibrated.raw_probabilities == pytest.approx(raw.probabilities, abs=1e-7)
+    assert calibrated.predicted == raw.predicted
+    assert calibrated.confidence == calibrated.probabilities[calibrated.predicted]
+    assert calibrated.confidence > raw.confidence  # T < 1 sharpens
+    assert calibrated.heatmap is not None  # explanations unchanged by calibration
+
+    payload = calibrated.to_json()
+    assert payload["calibrated"] is True and payload["temperature"] == 0.25
+    assert payload["raw_probabilities"] == calibrated.raw_probabilities
+    assert payload["probabilities"] == calibrated.probabilities
+    assert "calibrated)" in calibrated.summary_markdown()
+
+    plain = raw.to_json()
+    assert plain["calibrated"] is False and plain["temperature"] is None
+    assert plain["raw_probabilities"] == plain["probabilities"]
+    assert "calibrated" not in raw.summary_markdown()

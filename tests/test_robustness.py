@@ -18,6 +18,7 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -110,6 +111,28 @@ def test_committed_guard_is_loaded_and_runs_its_learned_check(data_dir):
     photo = predictor.predict(colour_photo(300, 300), method=None).input_check
     assert photo.learned_check and "features" in photo.flags and "colour" in photo.flags
     assert any(LEARNED_WARNING in w for w in photo.warnings)
+
+
+def test_guard_features_come_from_the_explainer_pass_and_match_a_separate_pass(data_dir):
+    """The learned check reads DavidNet's features from the explainer's forward pass; a separate
+    pass through the guard's own feature function gives the same distance (and Score-CAM, whose
+    compiled function has no features, falls back to that separate pass)."""
+    predictor = Predictor.from_checkpoints(COMMITTED_CHECKPOINTS, warm_up=False)
+    guard = predictor.input_guard
+    assert guard is not None, "DavidNet's learned OOD check is off"
+    explainer = predictor.loaded["davidnet"].explainer
+    assert explainer.feature_layer == guard.extractor.layer
+    from covid_xray import preprocessing
+
+    rgb = decode_source(str(data_dir / COVID_IMAGE))
+    resized = preprocessing.resize_for_model(rgb)
+    separate = guard.check(rgb, resized).scores["mahalanobis"]
+    _, _, fused = explainer.analyse(preprocessing.normalize(resized, "unit"), "gradcam")
+    np.testing.assert_allclose(fused, guard.features(resized)[0], rtol=1e-5, atol=1e-5)
+    for method in (None, "gradcam", "gradcam++", "scorecam"):
+        check = predictor.predict(rgb, method=method).input_check
+        assert check.learned_check
+        assert check.scores["mahalanobis"] == pytest.approx(separate, rel=1e-4), method
 
 
 def test_page_shows_the_warning_above_the_model_columns(app_module, predictor_davidnet, data_dir, tmp_path):
