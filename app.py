@@ -22,7 +22,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from covid_xray import config, report
+from covid_xray import calibration, config, explain_eval, quiz, report
 from covid_xray.config import CLASS_DISPLAY_NAMES, CLASS_NAMES, MODELS
 from covid_xray.imaging import ImageDecodeError
 from covid_xray.inference import (
@@ -43,11 +43,31 @@ NOTICE = (
     "of a small public dataset with known shortcuts (children vs adults, duplicated images); do not "
     "use their output for any decision about a patient."
 )
+ABOUT_MARKDOWN = (
+    "## About\n\n"
+    "Two TensorFlow models classify a frontal chest X-ray as Normal, Viral Pneumonia or COVID-19, as in "
+    "*Convolutional Neural Networks for COVID-19 Diagnosis*: **DavidNet**, the paper's small CNN "
+    "(5,575,011 parameters), and **CheXNet**, DenseNet121 with chest X-ray weights and a small trained "
+    "head. Heatmaps (Grad-CAM, Grad-CAM++, Score-CAM) show which pixels raised the predicted class's "
+    "score. Shown probabilities are calibrated by temperature scaling fitted on the validation split "
+    "(the API returns the raw ones as well). Every number on the Model report tab comes from a command "
+    "in the project's README that anyone can rerun.\n\n"
+    "**For research and teaching only. Not for diagnosis.**"
+)
 ANY = "Any"
 # Models with a queue of their own would compete for the 2 vCPUs: every event that runs a model
 # shares this concurrency group, so requests take turns (limit set in `launch`).
 MODEL_QUEUE = "models"
 CONCURRENCY_LIMIT = int(os.environ.get("COVID_XRAY_CONCURRENCY", "1"))
+QUIZ_INTRO = (
+    "**For radiology students.** Look at a test X-ray and choose Normal, Viral Pneumonia or COVID-19; "
+    "then see the truth and what DavidNet and CheXNet say, with their heatmaps. Hard cases are the "
+    "test images an installed model got wrong in the committed evaluation. The score is kept for "
+    "this browser session only: nothing about you is stored."
+)
+# Outputs of the quiz handlers: state, status, image, reveal, (summary, label, overlay) per model,
+# score, one answer button per class, Next.
+N_QUIZ_OUTPUTS = 4 + 3 * len(MODELS) + 1 + len(CLASS_NAMES) + 1
 
 
 # ---------------------------------------------------------------------------
@@ -150,6 +170,82 @@ def open_case(
     return [case.details_markdown(), result.image, *prediction_values(result)]
 
 
+def quiz_controls(state: quiz.QuizState | None) -> list:
+    """Updates for [answer button per class, Next]: answers while asking, Next after a reveal."""
+    phase = state.phase if state is not None else None
+    return [gr.update(interactive=phase == "asking") for _ in CLASS_NAMES] + [
+        gr.update(interactive=phase == "revealed")
+    ]
+
+
+def _quiz_refused(exc: quiz.QuizError, warn: bool) -> list:
+    """Quiz values when a step is refused: the reason in the status line, everything else unchanged."""
+    if warn:
+        gr.Warning(str(exc))
+    return [gr.skip(), str(exc), *[gr.skip()] * (N_QUIZ_OUTPUTS - 2)]
+
+
+def quiz_start(mode: str, models, seed: int | None = None, data_dir=None, reports_dir=None) -> list:
+    """Values for the quiz outputs (`N_QUIZ_OUTPUTS`: state, status, image, reveal, (summary, label,
+    overlay) per model, score, answer buttons, Next) after "New quiz"; `models` are the installed ones."""
+    try:
+        state = quiz.new_quiz(quiz.build_pool(mode, data_dir, reports_dir, models), mode, seed, models)
+        image = quiz.question_image(state.current, data_dir)
+    except quiz.QuizError as exc:
+        return _quiz_refused(exc, warn=False)
+    return [
+        state,
+        quiz.question_markdown(state),
+        image,
+        "",
+        *prediction_values(None),
+        quiz.score_markdown(state),
+        *quiz_controls(state),
+    ]
+
+
+def quiz_answer(predictor: Predictor, state: quiz.QuizState | None, choice: str, data_dir=None) -> list:
+    """The quiz outputs after the student picks `choice`: both models' live answers and heatmaps."""
+    try:
+        quiz.ensure_asking(state)
+        path = quiz.question_path(state.current, data_dir)
+        result = predictor.predict(str(path), method=DEFAULT_METHOD, alpha=DEFAULT_ALPHA)
+        predictions = {n: p.predicted if p.available else None for n, p in result.models.items()}
+        state = quiz.answer(state, choice, predictions)
+    except quiz.QuizError as exc:
+        return _quiz_refused(exc, warn=True)
+    except (OSError, ImageDecodeError) as exc:
+        logger.warning("Quiz: cannot predict %s: %s", state.current.file, exc)
+        return _quiz_refused(quiz.QuizError("This test image could not be read; click New quiz."), warn=True)
+    return [
+        state,
+        quiz.question_markdown(state),
+        gr.skip(),
+        quiz.reveal_markdown(state),
+        *prediction_values(result),
+        quiz.score_markdown(state),
+        *quiz_controls(state),
+    ]
+
+
+def quiz_next(state: quiz.QuizState | None, data_dir=None) -> list:
+    """The quiz outputs after "Next": the next image (no hint of its class), or the final score."""
+    try:
+        state = quiz.next_question(state)
+        image = quiz.question_image(state.current, data_dir) if state.phase == "asking" else None
+    except quiz.QuizError as exc:
+        return _quiz_refused(exc, warn=True)
+    return [
+        state,
+        quiz.question_markdown(state),
+        image,
+        "",
+        *prediction_values(None),
+        quiz.score_markdown(state),
+        *quiz_controls(state),
+    ]
+
+
 # ---------------------------------------------------------------------------
 # Layout.
 # ---------------------------------------------------------------------------
@@ -170,8 +266,12 @@ def _model_columns(predictor: Predictor, prefix: str) -> list[gr.components.Comp
                         elem_id=f"{prefix}-{name}-missing",
                     )
                 summary = gr.Markdown(visible=available, elem_id=f"{prefix}-{name}-summary")
+                temperature = predictor.loaded[name].temperature if available else None
                 label = gr.Label(
-                    num_top_classes=len(CLASS_NAMES), label="Class probabilities", visible=available
+                    num_top_classes=len(CLASS_NAMES),
+                    label="Class probabilities"
+                    + ("" if temperature is None else f" (calibrated, temperature {temperature:.2f})"),
+                    visible=available,
                 )
                 overlay = gr.Image(
                     label="Heatmap over the X-ray (red: strongest evidence)",
@@ -202,7 +302,7 @@ def build_demo(
     data_dir: str | os.PathLike | None = None,
     examples_file: str | os.PathLike | None = None,
 ) -> gr.Blocks:
-    """Lay out the three tabs and wire their events to `predictor` and `covid_xray.report`."""
+    """Lay out the five tabs and wire their events to `predictor` and `covid_xray.report`."""
     have_data = report.data_available(data_dir)
     try:
         examples = report.load_examples(examples_file)
@@ -375,6 +475,72 @@ def build_demo(
                 on_case_settings, [g_cases, g_selected, g_method, g_alpha], case_targets, **model_event
             )
 
+        # ----------------------------------------------------------- Quiz
+        with gr.Tab("Quiz", id="quiz"):
+            gr.Markdown(QUIZ_INTRO)
+            if not have_data:
+                gr.Markdown(report.missing_data_message(data_dir), elem_id="quiz-missing")
+            with gr.Row():
+                q_mode = gr.Radio(
+                    [(v, k) for k, v in quiz.MODES.items()],
+                    value="all",
+                    label="Questions",
+                    interactive=have_data,
+                    elem_id="quiz-mode",
+                )
+                q_new = gr.Button("New quiz", variant="primary", interactive=have_data, elem_id="quiz-new")
+                q_next = gr.Button("Next", interactive=False, elem_id="quiz-next")
+            # Per browser session, in server memory only (dropped with the session), never on disk.
+            q_state = gr.State(None)
+            q_status = gr.Markdown("Click **New quiz** to start." if have_data else "", elem_id="quiz-status")
+            with gr.Row():
+                with gr.Column(scale=1, min_width=300):
+                    # An array, never the dataset path: the folder name is the answer.
+                    q_image = gr.Image(
+                        label="Test X-ray",
+                        interactive=False,
+                        height=420,
+                        buttons=["fullscreen"],
+                        elem_id="quiz-image",
+                    )
+                    with gr.Row():
+                        q_answers = [
+                            gr.Button(
+                                CLASS_DISPLAY_NAMES[c],
+                                interactive=False,
+                                elem_id=f"quiz-answer-{c.lower().replace(' ', '-')}",
+                            )
+                            for c in CLASS_NAMES
+                        ]
+                    q_score = gr.Markdown(elem_id="quiz-score")
+                with gr.Column(scale=2):
+                    q_reveal = gr.Markdown(elem_id="quiz-reveal")
+                    quiz_model_outputs = _model_columns(predictor, "quiz")
+            q_targets = [
+                q_state,
+                q_status,
+                q_image,
+                q_reveal,
+                *quiz_model_outputs,
+                q_score,
+                *q_answers,
+                q_next,
+            ]
+            installed = predictor.available_models
+
+            def on_quiz_new(mode):
+                return quiz_start(mode, installed, data_dir=data_dir, reports_dir=reports_dir)
+
+            def on_quiz_answer(choice):
+                return lambda state: quiz_answer(predictor, state, choice, data_dir)
+
+            q_new.click(on_quiz_new, q_mode, q_targets, api_visibility="private")
+            q_next.click(
+                lambda state: quiz_next(state, data_dir), q_state, q_targets, api_visibility="private"
+            )
+            for choice, button in zip(CLASS_NAMES, q_answers, strict=True):
+                button.click(on_quiz_answer(choice), q_state, q_targets, **model_event)
+
         # ----------------------------------------------------------- Model report
         with gr.Tab("Model report", id="report"):
             for name, spec in MODELS.items():
@@ -390,9 +556,30 @@ def build_demo(
                         gr.Plot(figure, label="Training curves")
                     else:
                         gr.Markdown(f"No training curves (`{spec.report_dir(reports_dir)}/history.csv`).")
+                    gr.Markdown(calibration.calibration_markdown(name, reports_dir), elem_id=f"calibration-{name}")
+                    _report_image(calibration.reliability_image_path(name, reports_dir), "Reliability diagram")
+                    gr.Markdown(
+                        explain_eval.faithfulness_markdown(name, reports_dir), elem_id=f"faithfulness-{name}"
+                    )
+                    _report_image(
+                        explain_eval.faithfulness_image_path(name, reports_dir),
+                        "Heatmap faithfulness: deletion test and border mass",
+                    )
+            gr.Markdown(report.shortcut_markdown(reports_dir), elem_id="shortcuts")
             gr.Markdown(report.audit_markdown(reports_dir))
             gr.Markdown(report.CONFOUNDS_MARKDOWN)
+
+        # ----------------------------------------------------------- About
+        with gr.Tab("About", id="about"):
+            gr.Markdown(ABOUT_MARKDOWN)
+            gr.Markdown(report.shortcut_markdown(reports_dir), elem_id="about-shortcuts")
     return demo
+
+
+def _report_image(path: Path | None, label: str) -> None:
+    """A committed report figure, when it exists (the markdown above it says how to make it)."""
+    if path is not None and path.exists():
+        gr.Image(str(path), label=label, interactive=False, buttons=["fullscreen"])
 
 
 # ---------------------------------------------------------------------------

@@ -554,3 +554,77 @@ def audit_markdown(reports_dir: str | os.PathLike | None = None) -> str:
                 + "\n\n  </details>"
             )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Shortcut explainer (report tab and About tab).
+# ---------------------------------------------------------------------------
+def _border_mass_sentence(name: str, reports_dir: str | os.PathLike | None) -> str:
+    """What the Grad-CAM border mass of one model says, or how to measure it."""
+    from covid_xray import explain_eval
+
+    spec = MODELS[name]
+    summary = explain_eval.border_mass_summary(name, reports_dir)
+    gradcam = (summary or {}).get("methods", {}).get("gradcam")
+    if not gradcam:
+        return (
+            f"{spec.display_name}'s heatmaps have not been measured yet "
+            f"(`python -m covid_xray.explain_eval --model {name}`)."
+        )
+    mass, uniform = float(gradcam["mean"]), float(summary["uniform"])
+    border = float(summary["border"])
+    if mass < 0.5 * uniform:
+        reading = "well below the"
+    elif mass < 0.85 * uniform:
+        reading = "below the"
+    elif mass <= 1.15 * uniform:
+        reading = "about the same as the"
+    else:
+        reading = "more than the"
+    return (
+        f"{spec.display_name}'s Grad-CAM puts {mass:.0%} of its heatmap in the outer {border:.0%} of the "
+        f"image (mean over {summary['n']} test images), {reading} {uniform:.0%} a heatmap spread evenly "
+        "over the image would put there."
+    )
+
+
+def shortcut_markdown(reports_dir: str | os.PathLike | None = None) -> str:
+    """Two paragraphs for a radiology teacher: what this dataset invites a model to learn, with
+    the measured official vs leakage-free accuracy and the heatmaps' border mass."""
+    scores = []
+    for name, spec in MODELS.items():
+        metrics = load_metrics(name, reports_dir)
+        subsets = (metrics or {}).get("subsets") or {}
+        official, clean = subsets.get("official") or {}, subsets.get("leakage_free") or {}
+        if "accuracy" in official and "accuracy" in clean:
+            scores.append(
+                f"{spec.display_name} scores {_fmt(official['accuracy'], True)} on the official test set "
+                f"and {_fmt(clean['accuracy'], True)} on the {clean.get('n', '?')} test images without a "
+                "copy in training"
+            )
+    audit = load_audit(reports_dir) or {}
+    leaked = audit.get("leaked_test_files")
+    n_test = (audit.get("num_images") or {}).get("test")
+    copies = (
+        f"{len(leaked)} of the {n_test} test images have an exact or near copy in the training set"
+        if isinstance(leaked, list) and n_test
+        else "several test images have a copy in the training set"
+    )
+    first = (
+        "**What this dataset invites a model to learn.** The Normal and Viral Pneumonia images come "
+        "from a collection of children's chest X-rays (Kermany et al.), while most COVID-19 images are "
+        "adults, collected from many hospitals and publications. A network can score well by "
+        "recognising a child's chest, a hospital's markers and film, or how an image was cropped and "
+        f"compressed: none of these is the disease. On top of that, {copies}: on those a model can be "
+        "right from memory, so we also score the test set without them"
+        + (": " + "; ".join(scores) + "." if scores else ".")
+    )
+    sentences = [_border_mass_sentence(name, reports_dir) for name in MODELS if load_metrics(name, reports_dir)]
+    second = (
+        "**What the heatmaps add.** A model that read the lungs would put little heatmap weight on the "
+        "image border, where text markers, rulers and collimation edges sit. "
+        + " ".join(sentences)
+        + " Read a high score here as \"can tell these collections apart\", not \"can diagnose COVID-19\": "
+        "trusting it would take adults with and without COVID-19 from the same hospitals and scanners."
+    )
+    return first + "\n\n" + second

@@ -12,15 +12,16 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import pytest
 
 from covid_xray import config
-from covid_xray.config import CLASS_NAMES
+from covid_xray.config import CLASS_DISPLAY_NAMES, CLASS_NAMES
 from tests.app_fixtures import *  # noqa: F403  (pytest fixtures)
-from tests.app_fixtures import SERVER_MAX_UPLOAD_BYTES
+from tests.app_fixtures import GALLERY_ROWS, SERVER_MAX_UPLOAD_BYTES
 
 COVID_IMAGE = "test/Covid/0100.jpeg"
 NORMAL_IMAGE = "test/Normal/0101.jpeg"
@@ -155,6 +156,106 @@ def test_blocked_paths_cover_private_folders(app_module):
 
 
 # ---------------------------------------------------------------------------
+# Quiz tab, in-process.
+# ---------------------------------------------------------------------------
+def _interactive(updates: list) -> list:
+    return [update["interactive"] for update in updates]
+
+
+def test_quiz_handlers_play_a_whole_quiz(app_module, predictor_davidnet, reports_dir, data_dir):
+    installed = predictor_davidnet.available_models
+    values = app_module.quiz_start("hard", installed, seed=1, data_dir=data_dir, reports_dir=reports_dir)
+    assert len(values) == app_module.N_QUIZ_OUTPUTS
+    state, status, image, reveal, *model_values, score = values[: -len(CLASS_NAMES) - 1]
+    # Hard cases: DavidNet's errors in the fixture reports (CheXNet is not installed: its errors do not count).
+    assert sorted(q.file for q in state.order) == sorted(
+        file for file, true, davidnet, *_ in GALLERY_ROWS if davidnet != true
+    )
+    assert isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+    assert "Question 1 of 3" in status and reveal == "" and model_values == ["", None, None] * 2
+    assert "answered: 0 of 3" in score and "| CheXNet | not installed |" in score
+    assert _interactive(values[-4:]) == [True, True, True, False]  # answers on, Next off
+    question = state.current
+    for text in (v for v in values[1:] if isinstance(v, str)):  # state stays on the server
+        assert question.file not in text and Path(question.file).name not in text
+
+    values = app_module.quiz_answer(predictor_davidnet, state, question.truth, data_dir)
+    assert len(values) == app_module.N_QUIZ_OUTPUTS
+    revealed, status, image, reveal, d_summary, d_label, d_overlay, *chexnet = values[:10]
+    assert image == gr.skip()  # the X-ray stays as it is
+    assert f"Truth: {CLASS_DISPLAY_NAMES[question.truth]}" in reveal and "**correct**" in reveal
+    assert question.file in reveal  # after the answer, the file may be named
+    assert "Grad-CAM" in d_summary and d_overlay.ndim == 3 and sum(d_label.values()) == pytest.approx(1.0)
+    assert chexnet == ["", None, None]
+    # Models are scored on their live prediction of the image.
+    live = predictor_davidnet.predict(str(data_dir / question.file), method=None).models["davidnet"]
+    davidnet = revealed.scores["davidnet"]
+    assert (davidnet.answered, davidnet.correct) == (1, int(live.predicted == question.truth))
+    assert revealed.scores["student"].correct == 1 and "answered: 1 of 3" in values[10]
+    assert _interactive(values[-4:]) == [False, False, False, True]
+
+    with pytest.warns(UserWarning, match="already answered"):
+        again = app_module.quiz_answer(predictor_davidnet, revealed, question.truth, data_dir)
+    assert "already answered" in again[1]
+    assert all(v == gr.skip() for i, v in enumerate(again) if i != 1)  # nothing else changes
+
+    state = revealed
+    for number in (2, 3):
+        values = app_module.quiz_next(state, data_dir)
+        state = values[0]
+        assert state.phase == "asking" and f"Question {number} of 3" in values[1]
+        assert isinstance(values[2], np.ndarray) and values[3] == "" and values[4:10] == ["", None, None] * 2
+        state = app_module.quiz_answer(predictor_davidnet, state, "Normal", data_dir)[0]
+    values = app_module.quiz_next(state, data_dir)
+    assert values[0].phase == "finished" and "Quiz finished" in values[1] and values[2] is None
+    assert "answered: 3 of 3" in values[-5] and _interactive(values[-4:]) == [False] * 4
+    with pytest.warns(UserWarning, match="quiz is over"):
+        app_module.quiz_next(values[0], data_dir)
+
+
+def test_quiz_start_refusals(app_module, predictor_davidnet, reports_dir, data_dir, tmp_path):
+    installed = predictor_davidnet.available_models
+    values = app_module.quiz_start("all", installed, data_dir=tmp_path, reports_dir=reports_dir)
+    assert "python -m covid_xray.data download" in values[1]
+    assert all(v == gr.skip() for i, v in enumerate(values) if i != 1)  # a running quiz is kept
+    values = app_module.quiz_start("hard", installed, data_dir=data_dir, reports_dir=tmp_path)
+    assert "python -m covid_xray.evaluate --model davidnet" in values[1] and values[0] == gr.skip()
+    values = app_module.quiz_start("all", installed, seed=5, data_dir=data_dir, reports_dir=tmp_path)
+    assert len(values[0].order) == 66  # all of the official test split
+
+
+def _by_elem_id(demo: gr.Blocks) -> dict[str, dict]:
+    return {c["props"]["elem_id"]: c for c in demo.config["components"] if c.get("props", {}).get("elem_id")}
+
+
+def test_quiz_tab_layout_and_events(app_module, predictor_davidnet, reports_dir, data_dir, tmp_path):
+    demo = app_module.build_demo(predictor_davidnet, reports_dir=reports_dir, data_dir=data_dir)
+    tabs = [c["props"]["label"] for c in demo.config["components"] if c["type"] == "tabitem"]
+    assert tabs.index("Error gallery") < tabs.index("Quiz") < tabs.index("Model report")
+    components = _by_elem_id(demo)
+    answers = [components[f"quiz-answer-{c.lower().replace(' ', '-')}"] for c in CLASS_NAMES]
+    assert [b["props"]["value"] for b in answers] == [CLASS_DISPLAY_NAMES[c] for c in CLASS_NAMES]
+    assert components["quiz-new"]["props"]["interactive"] is True
+    assert not any(b["props"]["interactive"] for b in (*answers, components["quiz-next"]))
+    assert "quiz-chexnet-missing" in components and "quiz-missing" not in components
+    # Answers run the models: they queue with every other model event and are not public API.
+    answer_ids = {b["id"] for b in answers}
+    quiz_ids = answer_ids | {components[k]["id"] for k in ("quiz-new", "quiz-next")}
+    events = [d for d in demo.config["dependencies"] if any(t[0] in quiz_ids for t in d["targets"])]
+    assert len(events) == len(CLASS_NAMES) + 2
+    for event in events:
+        assert event["api_visibility"] in ("private", "undocumented")
+        if event["targets"][0][0] in answer_ids:
+            assert demo.fns[event["id"]].concurrency_id == app_module.MODEL_QUEUE
+
+    demo = app_module.build_demo(predictor_davidnet, reports_dir=reports_dir, data_dir=tmp_path)
+    components = _by_elem_id(demo)
+    assert "python -m covid_xray.data download" in components["quiz-missing"]["props"]["value"]
+    assert components["quiz-new"]["props"]["interactive"] is False
+    assert components["quiz-mode"]["props"]["interactive"] is False
+
+
+# ---------------------------------------------------------------------------
 # A real server.
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -242,3 +343,20 @@ def test_private_files_are_not_served(app_server, data_dir, route):
     for path, signature in targets.items():
         status, body = _status_and_body(app_server.url + route + urllib.parse.quote(path))
         assert status != 200 or signature not in body, f"{route}{path} was served"
+
+
+def test_report_and_about_tabs_show_calibration_faithfulness_and_shortcuts(app_module, predictor_davidnet, data_dir):
+    from covid_xray import calibration, explain_eval
+
+    demo = app_module.build_demo(predictor_davidnet, data_dir=data_dir)  # the committed reports/
+    props = {c.get("props", {}).get("elem_id"): c.get("props", {}) for c in demo.config["components"]}
+    assert props["calibration-davidnet"]["value"] == calibration.calibration_markdown("davidnet")
+    assert props["faithfulness-davidnet"]["value"] == explain_eval.faithfulness_markdown("davidnet")
+    assert "temperature" in props["calibration-davidnet"]["value"].lower()
+    assert props["shortcuts"]["value"] == props["about-shortcuts"]["value"]
+    assert "Grad-CAM puts" in props["shortcuts"]["value"]
+    labels = [c.get("props", {}).get("label") for c in demo.config["components"]]
+    assert "Reliability diagram" in labels
+    assert "Heatmap faithfulness: deletion test and border mass" in labels
+    tabs = [c["props"]["label"] for c in demo.config["components"] if c["type"] == "tabitem"]
+    assert tabs.index("Model report") < tabs.index("About")

@@ -1,7 +1,8 @@
 """The app in a real browser: Debian's chromium driven by Playwright (no browser is downloaded).
 
 Uploads a test image, waits for both models' heatmaps, opens a curated example, browses the
-error gallery and the model report, and saves screenshots to tests/artifacts/ for a person to look at.
+error gallery and the model report, plays three quiz questions, and saves screenshots to
+tests/artifacts/ for a person to look at.
 """
 
 from __future__ import annotations
@@ -98,3 +99,41 @@ def test_model_report_tab(page):
     expect(page.get_by_text("Paper (reported)").first).to_be_visible()
     expect(page.get_by_text("Known confounds of this dataset.")).to_be_visible()
     _shot(page, "model_report.png")
+
+
+def test_quiz_three_questions_and_the_score(page):
+    from urllib.parse import unquote
+
+    from playwright.sync_api import expect
+
+    from covid_xray.config import CLASS_NAMES
+
+    page.get_by_role("tab", name="Quiz").click()
+    page.locator("#quiz-mode").get_by_text("Hard cases").click()
+    page.locator("#quiz-new").click()
+    # Hard cases of the fixture reports: the four test images at least one model got wrong.
+    expect(page.locator("#quiz-status")).to_contain_text("Question 1 of 4")
+    expect(page.locator("#quiz-score")).to_contain_text("answered: 0 of 4")
+    folders = [f"/{name}/" for name in CLASS_NAMES]
+    for number in (1, 2, 3):
+        image = page.locator("#quiz-image img")
+        expect(image).to_be_visible()
+        source = unquote(image.get_attribute("src") or "")
+        assert source and "test/" not in source and not any(f in source for f in folders), source
+        expect(page.locator("#quiz-reveal")).not_to_contain_text("Truth")
+        choice = CLASS_NAMES[number % len(CLASS_NAMES)].lower().replace(" ", "-")
+        page.locator(f"#quiz-answer-{choice}").click()
+        expect(page.locator("#quiz-score")).to_contain_text(f"answered: {number} of 4")
+        expect(page.locator("#quiz-reveal")).to_contain_text("Truth:")
+        for name in ("davidnet", "chexnet"):
+            expect(page.locator(f"#quiz-{name}-overlay img")).to_be_visible()
+        if number == 1:
+            _shot(page, "quiz_revealed.png")
+        expect(page.locator("#quiz-answer-normal")).to_be_disabled()
+        if number < 3:
+            page.locator("#quiz-next").click()
+            expect(page.locator("#quiz-status")).to_contain_text(f"Question {number + 1} of 4")
+    expect(page.locator("#quiz-score")).to_contain_text("You")
+    expect(page.locator("#quiz-score")).to_contain_text("DavidNet")
+    expect(page.locator("#quiz-score")).to_contain_text("CheXNet")
+    _shot(page, "quiz_score.png")

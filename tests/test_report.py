@@ -287,3 +287,32 @@ def test_committed_reports_are_readable():
     report.audit_markdown()
     assert isinstance(report.load_examples(), tuple)
     assert Path(config.EXAMPLES_FILE).exists()
+
+
+# ---------------------------------------------------------------------------
+# Shortcut explainer.
+# ---------------------------------------------------------------------------
+def test_shortcut_explainer_quotes_the_committed_numbers():
+    """The two paragraphs read their numbers from the committed reports, never from the code."""
+    from covid_xray import explain_eval
+
+    text = report.shortcut_markdown()
+    metrics = report.load_metrics("davidnet")
+    official = metrics["subsets"]["official"]["accuracy"]
+    clean = metrics["subsets"]["leakage_free"]
+    assert f"{official:.1%} on the official test set" in text
+    assert f"{clean['accuracy']:.1%} on the {clean['n']} test images" in text
+    leaked = report.load_audit()["leaked_test_files"]
+    assert f"{len(leaked)} of the 66 test images" in text
+    mass = explain_eval.border_mass_summary("davidnet")["methods"]["gradcam"]["mean"]
+    assert f"DavidNet's Grad-CAM puts {mass:.0%} of its heatmap" in text
+    assert "children" in text and text.count("\n\n") == 1  # two paragraphs
+
+
+def test_shortcut_explainer_without_reports_says_what_is_missing(tmp_path, reports_dir):
+    # The fixture reports have metrics but no faithfulness file: the border-mass sentence says how to measure it.
+    text = report.shortcut_markdown(reports_dir)
+    assert "python -m covid_xray.explain_eval --model davidnet" in text
+    assert "on the official test set" in text
+    empty = report.shortcut_markdown(tmp_path)
+    assert "several test images have a copy" in empty and "official test set" not in empty
