@@ -178,6 +178,38 @@ def fit_temperature(probs: Any, labels: Any, bounds: tuple[float, float] = TEMPE
     return temperature
 
 
+def decide_temperature(
+    probs: Any, labels: Any, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
+) -> tuple[float, float | None, str]:
+    """Fit T on validation and decide whether it may be applied.
+
+    A validation split without a single misclassified image (easy to get with ~50 images, the
+    same split early stopping used) has no identifiable temperature: its NLL keeps falling as
+    T -> 0, and the fit lands on the search bound. Applying that T would only make the model
+    more confident on new images, so it is refused and the raw probabilities are served.
+
+    Returns:
+        (fitted T, T to apply or None, reason for people: empty when applied).
+    """
+    fitted = round(fit_temperature(probs, labels, bounds), TEMPERATURE_DECIMALS)
+    p = _as_probs(probs).reshape(-1, np.shape(probs)[-1])
+    y = _as_labels(labels, len(p), p.shape[1])
+    errors = int(np.sum(p.argmax(axis=1) != y))
+    low, high = bounds
+    at_bound = fitted <= low * 1.001 or fitted >= high / 1.001
+    if errors == 0 or at_bound:
+        reason = (
+            f"not applied: the validation split has {errors} misclassified image(s) of {len(y)}, so its "
+            f"log loss keeps falling as T shrinks (fitted T = {fitted:g}, the search bound is "
+            f"{low:g}); such a T would only make the model more confident. The app and API serve "
+            "the raw probabilities."
+            if errors == 0 or fitted <= low * 1.001
+            else f"not applied: the fitted T = {fitted:g} is at the search bound {high:g}."
+        )
+        return fitted, None, reason
+    return fitted, fitted, ""
+
+
 @dataclass(frozen=True)
 class ReliabilityBins:
     """Top-label confidence histogram: per equal-width bin, count, mean confidence and accuracy.
@@ -459,7 +491,9 @@ def fit_model(
     val_probs = predict_samples(model, val, mode)
     val_labels = np.array([s.label_index for s in val], dtype=np.int64)
 
-    temperature = round(fit_temperature(val_probs, val_labels), TEMPERATURE_DECIMALS)
+    fitted, applied, reason = decide_temperature(val_probs, val_labels)
+    # The tables and the diagram show the fitted T's effect even when it is not applied (why not).
+    temperature = fitted
     parts = {
         "validation": (val_probs, val_labels),
         "official": (test_probs, test_labels),
@@ -470,7 +504,10 @@ def fit_model(
         "checkpoint": checkpoint.name,
         "checkpoint_sha256": current,
         "method": "temperature scaling of log-probabilities, T minimising validation NLL",
-        "temperature": temperature,
+        "temperature": applied,
+        "fitted_temperature": fitted,
+        "applied": applied is not None,
+        "reason": reason,
         "fitted_on": "validation",
         "split": {"protocol": protocol, "val_fraction": val_fraction, "seed": seed},
         "preprocessing": mode,
@@ -484,13 +521,16 @@ def fit_model(
         {SPLIT_TITLES[key]: parts[key] for key in ("validation", "official")},
         temperature,
         report_dir / IMAGE_FILE,
-        title=f"{spec.display_name}: reliability before and after temperature scaling",
+        title=f"{spec.display_name}: reliability before and after temperature scaling"
+        + ("" if applied is not None else f" (T = {fitted:g} not applied)"),
         n_bins=n_bins,
     )
     validation = report["splits"]["validation"]
     metadata = dict(metadata)
     metadata[SIDECAR_KEY] = {
-        "temperature": temperature,
+        "temperature": applied,
+        "fitted_temperature": fitted,
+        "reason": reason,
         "fitted_on": "validation",
         "n_val": len(val),
         "split": report["split"],
@@ -548,13 +588,25 @@ def calibration_markdown(name: str, reports_dir: str | os.PathLike | None = None
     temperature = report.get("temperature")
     splits = report["splits"]
     n_val = (splits.get("validation") or {}).get("n", "?")
-    lines = [
-        f"**{spec.display_name}: calibrated confidence.** Temperature T = {_fmt(temperature, 2)}, fitted on "
-        f"the validation split (n={n_val}); the test split was not used to fit.",
-        "",
-        "| | n | accuracy | ECE before → after | NLL before → after |",
-        "|---|---:|---:|---|---|",
-    ]
+    if report.get("applied") is False:
+        fitted = report.get("fitted_temperature")
+        lines = [
+            f"**{spec.display_name}: calibration {report.get('reason') or 'not applied.'}**",
+            "",
+            f"What the fitted T = {_fmt(fitted, 4)} would do (fitted on the validation split, n={n_val}; "
+            "the test split was not used to fit):",
+            "",
+            "| | n | accuracy | ECE raw → with T | NLL raw → with T |",
+            "|---|---:|---:|---|---|",
+        ]
+    else:
+        lines = [
+            f"**{spec.display_name}: calibrated confidence.** Temperature T = {_fmt(temperature, 2)}, fitted on "
+            f"the validation split (n={n_val}); the test split was not used to fit.",
+            "",
+            "| | n | accuracy | ECE before → after | NLL before → after |",
+            "|---|---:|---:|---|---|",
+        ]
     for key, title in SPLIT_TITLES.items():
         sub = splits.get(key)
         if not isinstance(sub, dict):
@@ -568,16 +620,23 @@ def calibration_markdown(name: str, reports_dir: str | os.PathLike | None = None
             f"{_fmt(before.get('nll'))} → {_fmt(after.get('nll'))} |"
         )
     lines.append("")
-    if isinstance(temperature, (int, float)) and abs(temperature - 1) < 0.05:
+    if report.get("applied") is False:
+        lines.append(
+            "A validation split that the model gets entirely right says nothing about how wrong its "
+            "confidence is elsewhere; calibrating it honestly needs held-out images with errors "
+            "(e.g. out-of-fold predictions from cross-validation)."
+        )
+    elif isinstance(temperature, (int, float)) and abs(temperature - 1) < 0.05:
         meaning = "T is close to 1: the raw probabilities were already about as well calibrated as T allows."
     elif isinstance(temperature, (int, float)) and temperature > 1:
         meaning = "T > 1: the raw model was overconfident on validation; scaling softens its probabilities."
     else:
         meaning = "T < 1: the raw model was underconfident on validation; scaling sharpens its probabilities."
-    lines.append(
-        f"{meaning} The predicted class never changes. ECE is the average gap between confidence and "
-        "accuracy, NLL the log loss; lower is better for both."
-    )
+    if report.get("applied") is not False:
+        lines.append(
+            f"{meaning} The predicted class never changes. ECE is the average gap between confidence and "
+            "accuracy, NLL the log loss; lower is better for both."
+        )
     for key in ("official", "leakage_free"):
         sub = splits.get(key) or {}
         ece_before = (sub.get("before") or {}).get("ece")
@@ -586,7 +645,7 @@ def calibration_markdown(name: str, reports_dir: str | os.PathLike | None = None
             continue
         if ece_after > ece_before + NOTABLE_ECE_CHANGE:
             lines.append(
-                f"On the {SPLIT_TITLES[key].lower()} set the ECE went up "
+                f"On the {SPLIT_TITLES[key].lower()} set the ECE {'would go' if report.get('applied') is False else 'went'} up "
                 f"({ece_before:.3f} → {ece_after:.3f}): a temperature fitted on {n_val} validation "
                 "images does not carry over there."
             )
@@ -617,8 +676,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         n_bins=args.bins,
     )
     print(
-        f"{args.model}: T = {report['temperature']:.4f} (fitted on {report['splits']['validation']['n']} "
-        "validation images)"
+        f"{args.model}: T = {report['fitted_temperature']:.4f} (fitted on {report['splits']['validation']['n']} "
+        "validation images)" + ("" if report["applied"] else f"; {report['reason']}")
     )
     for key, sub in report["splits"].items():
         b, a = sub["before"], sub["after"]

@@ -238,7 +238,13 @@ def test_fit_writes_the_sidecar_key_the_report_and_the_png(fitted):
     report = json.loads((reports / "davidnet" / "calibration.json").read_text())
     val = data.make_splits(fitted["data_dir"], **SPLIT)["val"]
     assert entry["fitted_on"] == report["fitted_on"] == "validation"
-    assert entry["temperature"] == report["temperature"] > 0
+    # Applied, or refused with a reason (a random-weight model's fit can land on a bound).
+    assert entry["temperature"] == report["temperature"]
+    assert entry["fitted_temperature"] == report["fitted_temperature"] > 0
+    assert report["applied"] == (report["temperature"] is not None)
+    assert report["applied"] or report["reason"].startswith("not applied")
+    if report["applied"]:
+        assert report["temperature"] == report["fitted_temperature"]
     assert entry["n_val"] == report["splits"]["validation"]["n"] == len(val)
     assert report["split"] == SPLIT and report["checkpoint_sha256"] == metadata["sha256"]
     # Test numbers are exactly those of the committed predictions.csv under the stored T.
@@ -250,7 +256,9 @@ def test_fit_writes_the_sidecar_key_the_report_and_the_png(fitted):
         sub = report["splits"][key]
         assert sub["n"] == int(mask.sum())
         assert sub["after"]["ece"] == pytest.approx(
-            expected_calibration_error(apply_temperature(probs[mask], entry["temperature"]), labels[mask]),
+            expected_calibration_error(
+                apply_temperature(probs[mask], entry["fitted_temperature"]), labels[mask]
+            ),
             abs=1e-6,
         )
         assert sub["before"]["nll"] == pytest.approx(
@@ -278,12 +286,15 @@ def test_markdown_before_and_after_fitting(fitted):
     assert fitted["image_before"] is None
     text = calibration_markdown("davidnet", fitted["reports"])
     report = calibration.load_calibration("davidnet", fitted["reports"])
-    assert f"T = {report['temperature']:.2f}" in text
+    if report["applied"]:
+        assert f"T = {report['temperature']:.2f}" in text and "never changes" in text
+    else:  # refused: the fitted T is shown as what it would do, with the reason
+        assert f"fitted T = {report['fitted_temperature']:.4f} would do" in text
+        assert "calibration not applied" in text and "never changes" not in text
     for key, title in calibration.SPLIT_TITLES.items():
         assert f"| {title} | {report['splits'][key]['n']} |" in text
     official = report["splits"]["official"]
     assert f"{official['before']['ece']:.3f} → {official['after']['ece']:.3f}" in text
-    assert "never changes" in text
 
 
 @pytest.mark.slow
@@ -335,3 +346,19 @@ def test_stale_or_missing_predictions_are_refused(fitted, tmp_path):
     (reports / "davidnet" / "predictions.csv").unlink()
     with pytest.raises(CalibrationError, match="python -m covid_xray.evaluate --model davidnet"):
         calibration.fit_model("davidnet", **kwargs)
+
+
+def test_a_validation_split_without_errors_gives_no_temperature():
+    """All validation images right: NLL keeps falling as T -> 0, so the fit is refused (raw served)."""
+    from covid_xray.calibration import decide_temperature
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+    probs = np.full((60, 3), 0.15)
+    probs[np.arange(60), labels] = 0.7  # every argmax right, confidence 0.7
+    fitted, applied, reason = decide_temperature(probs, labels)
+    assert applied is None and fitted == pytest.approx(0.05) and "0 misclassified" in reason
+    # One error makes T identifiable again: it is applied.
+    probs[0] = np.roll(probs[0], 1)
+    fitted, applied, reason = decide_temperature(probs, labels)
+    assert applied == fitted and 0.05 < fitted < 20 and reason == ""
