@@ -79,3 +79,28 @@ def test_rejects_unknown_options():
     )
     assert completed.returncode == 2
     assert "--no-such-option" in completed.stderr
+
+
+@pytest.mark.slow
+def test_startup_script_prints_every_phase():
+    """`benchmarks/startup.py` runs the app's start-up phase by phase (no timing asserted)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", COVID_XRAY_DATA=str(config.resolve_data_dir()))
+    completed = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "benchmarks" / "startup.py")],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    lines = [line for line in completed.stdout.splitlines() if " s  " in line]
+    phases = [line.split(" s  ", 1)[1] for line in lines]
+    for name in config.MODELS:
+        assert any(p.startswith(f"load {name} checkpoint") for p in phases), completed.stdout
+        assert f"trace + first run of {name}" in phases
+    assert phases[:2] == ["import gradio", "import tensorflow"]
+    assert "first request (both models + Grad-CAM)" in phases and phases[-1].startswith("total")
+    # The total is the sum of the phases printed above it.
+    values = [float(line.split(" s  ", 1)[0]) for line in lines]
+    assert values[-1] == pytest.approx(sum(values[:-1]), abs=0.1)  # each value rounded to 0.01

@@ -42,3 +42,23 @@ def test_committed_checkpoint_reproduces_committed_predictions(tmp_path, data_di
     # The committed checkpoint was selected on validation, never on test.
     meta = json.loads(spec.checkpoint_path().with_suffix(".json").read_text())
     assert meta["protocol"] == "default" and meta["selection"] == "validation split of train"
+
+
+def test_readme_results_row_matches_the_committed_metrics():
+    """The README's shipped-model row quotes reports/davidnet/metrics.json (issue: numbers match)."""
+    import re
+
+    from covid_xray.config import PROJECT_ROOT
+
+    metrics = json.loads((PROJECT_ROOT / "reports" / "davidnet" / "metrics.json").read_text())
+    row = next(
+        line for line in (PROJECT_ROOT / "README.md").read_text().splitlines()
+        if line.startswith("| **DavidNet, ours (shipped)**")
+    )
+    pairs = re.findall(r"\*\*(0\.\d{3})\*\* \(macro-F1 (0\.\d{3})\)", row)
+    assert len(pairs) == 2, row  # official, then leakage-free
+    quoted = [float(x) for pair in pairs for x in pair]
+    expected = []
+    for subset in ("official", "leakage_free"):
+        expected += [metrics["subsets"][subset]["accuracy"], metrics["subsets"][subset]["macro_f1"]]
+    assert quoted == pytest.approx([round(v, 3) for v in expected], abs=1e-9)
