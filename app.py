@@ -49,8 +49,10 @@ ABOUT_MARKDOWN = (
     "*Convolutional Neural Networks for COVID-19 Diagnosis*: **DavidNet**, the paper's small CNN "
     "(5,575,011 parameters), and **CheXNet**, DenseNet121 with chest X-ray weights and a small trained "
     "head. Heatmaps (Grad-CAM, Grad-CAM++, Score-CAM) show which pixels raised the predicted class's "
-    "score. Shown probabilities are calibrated by temperature scaling fitted on the validation split "
-    "(the API returns the raw ones as well). Every number on the Model report tab comes from a command "
+    "score. A model's probabilities are calibrated by temperature scaling fitted on its validation "
+    "split when that split can identify a temperature, and are labelled \"calibrated\" then; otherwise "
+    "they are the model's raw softmax, labelled \"raw\" (the Model report says why). The API returns "
+    "both. Every number on the Model report tab comes from a command "
     "in the project's README that anyone can rerun.\n\n"
     "**For research and teaching only. Not for diagnosis.**"
 )
@@ -270,7 +272,7 @@ def _model_columns(predictor: Predictor, prefix: str) -> list[gr.components.Comp
                 label = gr.Label(
                     num_top_classes=len(CLASS_NAMES),
                     label="Class probabilities"
-                    + ("" if temperature is None else f" (calibrated, temperature {temperature:.2f})"),
+                    + (" (raw softmax, uncalibrated)" if temperature is None else f" (calibrated, temperature {temperature:.2f})"),
                     visible=available,
                 )
                 overlay = gr.Image(

@@ -357,6 +357,9 @@ def test_report_and_about_tabs_show_calibration_faithfulness_and_shortcuts(app_m
     assert "Grad-CAM puts" in props["shortcuts"]["value"]
     labels = [c.get("props", {}).get("label") for c in demo.config["components"]]
     assert "Reliability diagram" in labels
+    # The fixture checkpoint has no temperature: its probabilities are labelled raw, never "calibrated".
+    assert "Class probabilities (raw softmax, uncalibrated)" in labels
+    assert not any("calibrated, temperature" in str(label) for label in labels)
     assert "Heatmap faithfulness: deletion test and border mass" in labels
     tabs = [c["props"]["label"] for c in demo.config["components"] if c["type"] == "tabitem"]
     assert tabs.index("Model report") < tabs.index("About")
