@@ -187,14 +187,9 @@ def _quiz_refused(exc: quiz.QuizError, warn: bool) -> list:
     return [gr.skip(), str(exc), *[gr.skip()] * (N_QUIZ_OUTPUTS - 2)]
 
 
-def quiz_start(mode: str, models, seed: int | None = None, data_dir=None, reports_dir=None) -> list:
-    """Values for the quiz outputs (`N_QUIZ_OUTPUTS`: state, status, image, reveal, (summary, label,
-    overlay) per model, score, answer buttons, Next) after "New quiz"; `models` are the installed ones."""
-    try:
-        state = quiz.new_quiz(quiz.build_pool(mode, data_dir, reports_dir, models), mode, seed, models)
-        image = quiz.question_image(state.current, data_dir)
-    except quiz.QuizError as exc:
-        return _quiz_refused(exc, warn=False)
+def _quiz_question_values(state: quiz.QuizState, image) -> list:
+    """Quiz outputs while a question is asked (or the quiz is over): the image, no reveal, empty model
+    columns, the score."""
     return [
         state,
         quiz.question_markdown(state),
@@ -204,6 +199,17 @@ def quiz_start(mode: str, models, seed: int | None = None, data_dir=None, report
         quiz.score_markdown(state),
         *quiz_controls(state),
     ]
+
+
+def quiz_start(mode: str, models, seed: int | None = None, data_dir=None, reports_dir=None) -> list:
+    """Values for the quiz outputs (`N_QUIZ_OUTPUTS`: state, status, image, reveal, (summary, label,
+    overlay) per model, score, answer buttons, Next) after "New quiz"; `models` are the installed ones."""
+    try:
+        state = quiz.new_quiz(quiz.build_pool(mode, data_dir, reports_dir, models), mode, seed, models)
+        image = quiz.question_image(state.current, data_dir)
+    except quiz.QuizError as exc:
+        return _quiz_refused(exc, warn=False)
+    return _quiz_question_values(state, image)
 
 
 def quiz_answer(predictor: Predictor, state: quiz.QuizState | None, choice: str, data_dir=None) -> list:
@@ -237,15 +243,7 @@ def quiz_next(state: quiz.QuizState | None, data_dir=None) -> list:
         image = quiz.question_image(state.current, data_dir) if state.phase == "asking" else None
     except quiz.QuizError as exc:
         return _quiz_refused(exc, warn=True)
-    return [
-        state,
-        quiz.question_markdown(state),
-        image,
-        "",
-        *prediction_values(None),
-        quiz.score_markdown(state),
-        *quiz_controls(state),
-    ]
+    return _quiz_question_values(state, image)
 
 
 # ---------------------------------------------------------------------------

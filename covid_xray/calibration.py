@@ -40,6 +40,7 @@ import numpy as np
 
 from covid_xray import config
 from covid_xray.config import CLASS_NAMES, MODELS
+from covid_xray.report import EVALUATE_COMMAND
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 logger = logging.getLogger(__name__)
@@ -60,7 +61,6 @@ DEFAULT_BINS = 10
 # calibration_markdown points out a test-set ECE that rose by more than this after scaling.
 NOTABLE_ECE_CHANGE = 0.01
 FIT_COMMAND = "python -m covid_xray.calibration fit --model {name}"
-EVALUATE_COMMAND = "python -m covid_xray.evaluate --model {name}"
 SIDECAR_KEY = "calibration"
 REPORT_FILE = "calibration.json"
 IMAGE_FILE = "reliability.png"
@@ -196,17 +196,15 @@ def decide_temperature(
     y = _as_labels(labels, len(p), p.shape[1])
     errors = int(np.sum(p.argmax(axis=1) != y))
     low, high = bounds
-    at_bound = fitted <= low * 1.001 or fitted >= high / 1.001
-    if errors == 0 or at_bound:
-        reason = (
+    if errors == 0 or fitted <= low * 1.001:
+        return fitted, None, (
             f"not applied: the validation split has {errors} misclassified image(s) of {len(y)}, so its "
             f"log loss keeps falling as T shrinks (fitted T = {fitted:g}, the search bound is "
             f"{low:g}); such a T would only make the model more confident. The app and API serve "
             "the raw probabilities."
-            if errors == 0 or fitted <= low * 1.001
-            else f"not applied: the fitted T = {fitted:g} is at the search bound {high:g}."
         )
-        return fitted, None, reason
+    if fitted >= high / 1.001:
+        return fitted, None, f"not applied: the fitted T = {fitted:g} is at the search bound {high:g}."
     return fitted, fitted, ""
 
 

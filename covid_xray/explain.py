@@ -68,6 +68,16 @@ class _InteractiveResult(NamedTuple):
     features: tf.Tensor  # (D,) the `feature_layer` output (pooled if spatial); (0,) without one
 
 
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ExplainerError(f"Unknown explanation method {method!r}; expected one of {METHODS}.")
+
+
+def _gradient_cam(result: _InteractiveResult, method: str) -> _CamResult:
+    """The map of a gradient method ("gradcam" or "gradcam++") from the shared compiled result."""
+    return result.gradcam_plus_plus if method == "gradcam++" else result.gradcam
+
+
 class _LogitsHead(keras.layers.Layer):
     """The classifier's final Dense layer without its softmax, sharing its weights.
 
@@ -336,12 +346,10 @@ class Explainer:
         if method == "scorecam":
             probs, heatmap = self.explain(x, method)
             return probs, heatmap, None
-        if method is not None and method not in METHODS:
-            raise ExplainerError(f"Unknown explanation method {method!r}; expected one of {METHODS}.")
-        result = self._interactive(self._as_batch(x), tf.constant(-1, tf.int32))
-        heatmap = None
         if method is not None:
-            heatmap = (result.gradcam_plus_plus if method == "gradcam++" else result.gradcam).heatmap.numpy()
+            _check_method(method)
+        result = self._interactive(self._as_batch(x), tf.constant(-1, tf.int32))
+        heatmap = None if method is None else _gradient_cam(result, method).heatmap.numpy()
         features = result.features.numpy() if self.feature_layer else None
         return result.probs.numpy(), heatmap, features
 
@@ -370,8 +378,7 @@ class Explainer:
         Raises:
             ExplainerError: unknown method, class index out of range, or wrong input shape.
         """
-        if method not in METHODS:
-            raise ExplainerError(f"Unknown explanation method {method!r}; expected one of {METHODS}.")
+        _check_method(method)
         if class_index is not None and not 0 <= int(class_index) < self.num_classes:
             raise ExplainerError(f"class_index must be in [0, {self.num_classes - 1}], got {class_index}.")
         batch = self._as_batch(x)
@@ -380,8 +387,7 @@ class Explainer:
             probs, cam = self._scorecam(batch, target)
         else:
             result = self._interactive(batch, target)
-            probs = result.probs
-            cam = result.gradcam_plus_plus if method == "gradcam++" else result.gradcam
+            probs, cam = result.probs, _gradient_cam(result, method)
         heatmap = cam.heatmap if upsample else cam.cam_layer
         return probs.numpy(), heatmap.numpy()
 

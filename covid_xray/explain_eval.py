@@ -460,7 +460,7 @@ def evaluate_faithfulness(
     reports = config.resolve_reports_dir(reports_dir)
     checkpoint = spec.checkpoint_path(checkpoint_dir)
     if not checkpoint.exists():
-        message = inference._unavailable_message(name, checkpoint, None, "")
+        message = inference.unavailable_message(name, checkpoint, None, "")
         raise ModelNotTrainedError(f"{message}\nThen score its heatmaps:\n    {command(name)}")
 
     all_samples = data.list_samples(data_dir)

@@ -178,7 +178,7 @@ class LoadedModel:
     temperature: float | None = None
 
 
-def _unavailable_message(
+def unavailable_message(
     name: str, checkpoint: Path, weights_path: str | os.PathLike | None, error: str
 ) -> str:
     """Plain text for people: what is missing and the exact commands that fix it."""
@@ -359,7 +359,7 @@ class Predictor:
             try:
                 loaded[name] = load_model(name, checkpoint_dir, scorecam_max_n=scorecam_max_n)
             except (CheckpointError, ExplainerError) as exc:
-                unavailable[name] = _unavailable_message(name, checkpoint, weights_path, str(exc))
+                unavailable[name] = unavailable_message(name, checkpoint, weights_path, str(exc))
                 logger.warning("%s unavailable: %s", spec.display_name, exc)
                 continue
             if warm_up:

@@ -591,9 +591,11 @@ def _border_mass_sentence(name: str, reports_dir: str | os.PathLike | None) -> s
 def shortcut_markdown(reports_dir: str | os.PathLike | None = None) -> str:
     """Two paragraphs for a radiology teacher: what this dataset invites a model to learn, with
     the measured official vs leakage-free accuracy and the heatmaps' border mass."""
-    scores = []
+    scores, evaluated = [], []
     for name, spec in MODELS.items():
         metrics = load_metrics(name, reports_dir)
+        if metrics:
+            evaluated.append(name)
         subsets = (metrics or {}).get("subsets") or {}
         official, clean = subsets.get("official") or {}, subsets.get("leakage_free") or {}
         if "accuracy" in official and "accuracy" in clean:
@@ -619,7 +621,7 @@ def shortcut_markdown(reports_dir: str | os.PathLike | None = None) -> str:
         "right from memory, so we also score the test set without them"
         + (": " + "; ".join(scores) + "." if scores else ".")
     )
-    sentences = [_border_mass_sentence(name, reports_dir) for name in MODELS if load_metrics(name, reports_dir)]
+    sentences = [_border_mass_sentence(name, reports_dir) for name in evaluated]
     second = (
         "**What the heatmaps add.** A model that read the lungs would put little heatmap weight on the "
         "image border, where text markers, rulers and collimation edges sit. "
