@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="dataset root (else $COVID_XRAY_DATA, else data/Covid19-dataset)")
     p.add_argument("--protocol", choices=PROTOCOLS, default=d.protocol,
                    help="'paper' selects the model on the TEST split as the paper did (optimistic; for comparison only)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="max epochs of the plain phase")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="max epochs of the plain phase (0 = skip)")
     p.add_argument("--augment-epochs", type=int, default=d.augment_epochs, help="max epochs of the augmented phase (0 = skip)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, default=None,
@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="EarlyStopping patience (epochs without a lower validation loss)")
     p.add_argument("--no-class-weights", dest="class_weights", action="store_false",
                    help="disable sklearn 'balanced' class weights")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="cross-entropy label smoothing (not in the paper)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="decoupled weight decay of Adam (not in the paper)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="validation share of train (default protocol)")
+    p.add_argument("--cv-folds", type=int, default=d.cv_folds,
+                   help="> 1: validate on one fold of a k-fold split of train instead (scripts/sweep.py --folds)")
+    p.add_argument("--cv-fold", type=int, default=d.cv_fold, help="which fold (0-based) with --cv-folds")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--deterministic", action="store_true", help="enable TensorFlow op determinism (slower)")
     p.add_argument("--zoom", type=float, default=d.zoom, help="augmentation: max zoom fraction")

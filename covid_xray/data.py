@@ -18,6 +18,7 @@ Command line:
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -316,6 +317,20 @@ def duplicate_groups(
 # ---------------------------------------------------------------------------
 # Splits.
 # ---------------------------------------------------------------------------
+def _label_groups(samples: Sequence[Sample], near_threshold: int) -> tuple[list[list[Sample]], list[int]]:
+    """Duplicate groups of `samples` and each group's label (its most common; ties: CLASS_NAMES order)."""
+    groups = duplicate_groups(samples, near_threshold)
+    counts = [Counter(s.label_index for s in g) for g in groups]
+    labels = [min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for c in counts]
+    return groups, labels
+
+
+def _ungroup(samples: Sequence[Sample], groups, indices) -> list[Sample]:
+    """The samples of the chosen groups, in the input order."""
+    position = {id(s): k for k, s in enumerate(samples)}
+    return sorted((s for i in indices for s in groups[i]), key=lambda s: position[id(s)])
+
+
 def split_train_validation(
     samples: Sequence[Sample],
     val_fraction: float = 0.2,
@@ -343,11 +358,7 @@ def split_train_validation(
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
     samples = list(samples)
-    groups = duplicate_groups(samples, near_threshold)
-    # A group's label is its most common label (ties: the first in CLASS_NAMES order).
-    group_labels = [
-        min(Counter(s.label_index for s in g).items(), key=lambda kv: (-kv[1], kv[0]))[0] for g in groups
-    ]
+    groups, group_labels = _label_groups(samples, near_threshold)
     try:
         train_idx, val_idx = train_test_split(
             np.arange(len(groups)), test_size=val_fraction, random_state=seed, stratify=group_labels
@@ -358,10 +369,39 @@ def split_train_validation(
             f"Cannot make a stratified {val_fraction:.0%} validation split of {len(samples)} images "
             f"({len(groups)} duplicate groups per class: {dict(counts)}): {exc}"
         ) from exc
-    position = {id(s): k for k, s in enumerate(samples)}
-    train = sorted((s for i in train_idx for s in groups[i]), key=lambda s: position[id(s)])
-    val = sorted((s for i in val_idx for s in groups[i]), key=lambda s: position[id(s)])
-    return train, val
+    return _ungroup(samples, groups, train_idx), _ungroup(samples, groups, val_idx)
+
+
+def cross_validation_folds(
+    samples: Sequence[Sample],
+    folds: int = 5,
+    seed: int = 42,
+    *,
+    near_threshold: int = NEAR_DUPLICATE_THRESHOLD,
+) -> list[tuple[list[Sample], list[Sample]]]:
+    """Stratified, duplicate-aware k-fold cross-validation of `samples` (the train folder).
+
+    Same grouping rule as `split_train_validation` (duplicates never straddle a fold), with
+    sklearn's `StratifiedKFold` over the groups. Every sample is in exactly one validation
+    fold, so the folds' validation predictions together are out-of-fold predictions for the
+    whole train folder: a selection signal five times larger than one validation split.
+
+    Returns:
+        `folds` pairs (train, val), each list in the input order.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}.")
+    samples = list(samples)
+    groups, group_labels = _label_groups(samples, near_threshold)
+    if min(Counter(group_labels).values()) < folds:
+        raise ValueError(f"Cannot make {folds} stratified folds: a class has fewer than {folds} images.")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [
+        (_ungroup(samples, groups, tr), _ungroup(samples, groups, va))
+        for tr, va in splitter.split(np.zeros(len(groups)), group_labels)
+    ]
 
 
 def make_splits(
@@ -369,11 +409,14 @@ def make_splits(
     protocol: str = "default",
     val_fraction: float = 0.2,
     seed: int = 42,
+    cv_folds: int = 0,
+    cv_fold: int = 0,
 ) -> dict[str, list[Sample]]:
     """Return {"train", "val", "test"} sample lists for an experimental protocol.
 
     - "default": val is a stratified, duplicate-aware split of the train folder; test is
-      untouched until the final evaluation.
+      untouched until the final evaluation. With `cv_folds` > 1, val is fold `cv_fold` of a
+      `cross_validation_folds` split (seeded by `seed`) instead of a `val_fraction` split.
     - "paper": the paper's protocol: train is the whole train folder and val *is* the test
       folder (model selection on test: its scores are optimistic, reported as such).
     """
@@ -383,6 +426,11 @@ def make_splits(
     test = list_samples(data_dir, "test")
     if protocol == "paper":
         return {"train": train_all, "val": list(test), "test": test}
+    if cv_folds > 1:
+        if not 0 <= cv_fold < cv_folds:
+            raise ValueError(f"cv_fold must be in 0..{cv_folds - 1}, got {cv_fold}.")
+        train, val = cross_validation_folds(train_all, folds=cv_folds, seed=seed)[cv_fold]
+        return {"train": train, "val": val, "test": test}
     train, val = split_train_validation(train_all, val_fraction=val_fraction, seed=seed)
     return {"train": train, "val": val, "test": test}
 
@@ -473,7 +521,9 @@ def make_dataset(
     """A `tf.data.Dataset` of (normalised float32 images, one-hot float32 labels) batches.
 
     Pipeline: in-memory uint8 slices > cache > seeded shuffle > batch > augmentation (on
-    0..255 floats) and normalisation (parallel map) > prefetch.
+    0..255 floats) and normalisation (parallel map) > prefetch. Under a Keras backend other
+    than TensorFlow (e.g. `KERAS_BACKEND=jax` on a GPU box without TensorFlow) the same
+    batches come from an `ArrayBatches` PyDataset instead.
 
     Args:
         images: uint8 array (N, H, W, 3), e.g. from `load_arrays`.
@@ -485,7 +535,7 @@ def make_dataset(
             of 0..255 floats) to reuse; False for none.
         seed: shuffle (and default augmenter) seed.
     """
-    import tensorflow as tf
+    import keras
 
     if mode not in preprocessing.PREPROCESSING_MODES:
         modes = preprocessing.PREPROCESSING_MODES
@@ -505,6 +555,10 @@ def make_dataset(
 
     augmenter = build_augmenter(seed=seed) if augment is True else (augment or None)
     one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[labels.astype(np.int64)]
+    if keras.backend.backend() != "tensorflow":
+        return _array_batches_class()(images, one_hot, mode=mode, batch_size=batch_size, shuffle=shuffle,
+                                      augmenter=augmenter, seed=seed)
+    import tensorflow as tf
 
     def prepare(x, y):
         x = tf.cast(x, tf.float32)
@@ -518,6 +572,44 @@ def make_dataset(
         ds = ds.shuffle(max(1, len(images)), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+@functools.cache
+def _array_batches_class():
+    import keras
+
+    class ArrayBatches(keras.utils.PyDataset):
+        """`make_dataset`'s batches for any Keras backend: shuffled per epoch, augmented, normalised."""
+
+        def __init__(self, images, one_hot, *, mode, batch_size, shuffle, augmenter, seed):
+            super().__init__()
+            self.images, self.one_hot, self.mode = images, one_hot, mode
+            self.batch_size, self.shuffle, self.augmenter = batch_size, shuffle, augmenter
+            self._rng = np.random.default_rng(seed)
+            self._order = self._rng.permutation(len(images)) if shuffle else np.arange(len(images))
+
+        def __len__(self):
+            return -(-len(self.images) // self.batch_size)
+
+        def __getitem__(self, index):
+            idx = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+            x = self.images[idx].astype(np.float32)
+            if self.augmenter is not None:
+                x = np.clip(keras.ops.convert_to_numpy(self.augmenter(x, training=True)), 0.0, 255.0)
+            return preprocessing.normalize(x, self.mode), self.one_hot[idx]
+
+        def on_epoch_end(self):
+            if self.shuffle:
+                self._order = self._rng.permutation(len(self.images))
+
+    return ArrayBatches
+
+
+def __getattr__(name: str):
+    # ArrayBatches subclasses a Keras class: built on first use so `import covid_xray.data` stays light.
+    if name == "ArrayBatches":
+        return _array_batches_class()
+    raise AttributeError(name)
 
 
 # ---------------------------------------------------------------------------

@@ -45,7 +45,11 @@ class TrainConfig:
     min_lr: float = 1e-6
     early_stopping_patience: int = 3
     class_weights: bool = True
+    label_smoothing: float = 0.0  # not in the paper; 0 = plain cross-entropy
+    weight_decay: float = 0.0  # not in the paper; decoupled (AdamW-style) decay, 0 = plain Adam
     val_fraction: float = 0.2
+    cv_folds: int = 0  # > 1: validate on fold `cv_fold` of a k-fold split of train (model selection studies)
+    cv_fold: int = 0
     seed: int = 42
     deterministic: bool = False
     # Augmentation strengths (paper: "some zooming, horizontal flipping, rotation, and shearing").
@@ -72,8 +76,13 @@ class TrainConfig:
             raise ValueError(f"Unknown protocol {self.protocol!r}; expected one of {config.PROTOCOLS}.")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"Unknown strategy {self.strategy!r}; expected one of {STRATEGIES}.")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}.")
+        if self.epochs < 0 or self.augment_epochs < 0 or self.epochs + self.augment_epochs < 1:
+            raise ValueError(
+                f"epochs and augment_epochs must be >= 0 with at least one epoch in all, "
+                f"got {self.epochs} and {self.augment_epochs}."
+            )
+        if self.cv_folds > 1 and not 0 <= self.cv_fold < self.cv_folds:
+            raise ValueError(f"cv_fold must be in 0..{self.cv_folds - 1}, got {self.cv_fold}.")
 
     @property
     def preprocessing(self) -> str:
@@ -92,16 +101,50 @@ class TrainResult:
 # ---------------------------------------------------------------------------
 # Reproducibility and devices.
 # ---------------------------------------------------------------------------
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and TensorFlow; optionally force deterministic TF ops."""
+def _tensorflow():
+    """TensorFlow when it is Keras' backend, else None (e.g. KERAS_BACKEND=jax on a GPU box).
+
+    The tf.distribute, logical-device and TensorBoard features need it; the training recipe
+    itself (model, data, callbacks, checkpoint) runs on any Keras backend.
+    """
     import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return None
     import tensorflow as tf
+
+    return tf
+
+
+def _gpu_available() -> bool:
+    tf = _tensorflow()
+    if tf is not None:
+        return bool(tf.config.list_physical_devices("GPU"))
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and the Keras backend; optionally force deterministic TF ops."""
+    import keras
 
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed)
     keras.utils.set_random_seed(seed)
     if deterministic:
+        tf = _tensorflow()
+        if tf is None:
+            raise RuntimeError("--deterministic needs the TensorFlow backend.")
         tf.config.experimental.enable_op_determinism()
 
 
@@ -109,7 +152,9 @@ def configure_devices(logical_cpus: int = 0) -> None:
     """Split the CPU into logical devices (must run before TensorFlow initialises its devices)."""
     if logical_cpus <= 1:
         return
-    import tensorflow as tf
+    tf = _tensorflow()
+    if tf is None:
+        raise RuntimeError("--logical-cpus needs the TensorFlow backend.")
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
@@ -124,8 +169,14 @@ def make_strategy(name: str, logical_cpus: int = 0):
     - mirrored: synchronous data parallelism over all local GPUs (or the logical CPUs).
     - multiworker: MultiWorkerMirroredStrategy across hosts, configured by TF_CONFIG.
     - auto: mirrored when more than one GPU is visible, else default.
+
+    Under another Keras backend only one device is used (auto/default).
     """
-    import tensorflow as tf
+    tf = _tensorflow()
+    if tf is None:
+        if name not in ("auto", "default"):
+            raise RuntimeError(f"--strategy {name} needs the TensorFlow backend (tf.distribute).")
+        return _SingleDevice()
 
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
@@ -142,12 +193,22 @@ def make_strategy(name: str, logical_cpus: int = 0):
     raise ValueError(f"Unknown strategy {name!r}; expected one of {STRATEGIES}.")
 
 
+class _SingleDevice:
+    """Stand-in for tf.distribute's default strategy under a non-TensorFlow backend."""
+
+    num_replicas_in_sync = 1
+
+    def scope(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
 def configure_mixed_precision(setting: str) -> str:
     """Turn on mixed_float16 on GPU (or when forced); return the policy name used."""
     import keras
-    import tensorflow as tf
 
-    use = setting == "on" or (setting == "auto" and bool(tf.config.list_physical_devices("GPU")))
+    use = setting == "on" or (setting == "auto" and _gpu_available())
     policy = "mixed_float16" if use else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return policy
@@ -193,8 +254,10 @@ def _callbacks(cfg: TrainConfig, run_dir: Path, phase: str, best_so_far: float):
         ),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience),
         keras.callbacks.CSVLogger(str(run_dir / f"log_{phase}.csv")),
-        keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard" / phase), write_graph=False),
     ]
+    if _tensorflow() is not None:  # TensorBoard's writer is TensorFlow's
+        tensorboard_dir = str(run_dir / "tensorboard" / phase)
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=tensorboard_dir, write_graph=False))
     return callbacks, keep_best
 
 
@@ -231,9 +294,8 @@ def _fit_phases(cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run
     best = np.inf
     best_weights = None
     kept = {"phase": None, "epoch": None, "val_loss": None}
-    phases = [("plain", cfg.epochs, train_plain)]
-    if cfg.augment_epochs > 0:
-        phases.append(("augmented", cfg.augment_epochs, train_aug))
+    phases = [("plain", cfg.epochs, train_plain), ("augmented", cfg.augment_epochs, train_aug)]
+    phases = [phase for phase in phases if phase[1] > 0]
     for phase, epochs, train_ds in phases:
         callbacks, keep_best = _callbacks(cfg, run_dir, phase, best)
         history = model.fit(
@@ -256,12 +318,12 @@ def _fit_phases(cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run
     return model, rows, kept
 
 
-def _compile(model, learning_rate: float):
+def _compile(model, learning_rate: float, label_smoothing: float = 0.0, weight_decay: float = 0.0):
     import keras
 
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss="categorical_crossentropy",
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate, weight_decay=weight_decay or None),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=["accuracy"],
     )
     return model
@@ -305,7 +367,7 @@ def _train_end_to_end(cfg, splits, arrays, class_weight, run_dir, strategy):
             model = models.build_davidnet()
         else:
             model = models.build_chexnet(weights=_chexnet_weights_path(cfg), trainable_base=True)
-        return _compile(model, cfg.learning_rate)
+        return _compile(model, cfg.learning_rate, cfg.label_smoothing, cfg.weight_decay)
 
     return _fit_phases(cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run_dir, strategy)
 
@@ -414,7 +476,8 @@ def _train_chexnet_head(cfg, splits, arrays, class_weight, run_dir, strategy):
         inputs = keras.Input(shape=(x_tr.shape[1],), name="pooled_features")
         x = keras.layers.Dense(64, activation="relu", name="head_dense")(inputs)
         outputs = keras.layers.Dense(config.NUM_CLASSES, activation="softmax", dtype="float32", name="predictions")(x)
-        return _compile(keras.Model(inputs, outputs, name="chexnet_head"), cfg.learning_rate)
+        head = keras.Model(inputs, outputs, name="chexnet_head")
+        return _compile(head, cfg.learning_rate, cfg.label_smoothing, cfg.weight_decay)
 
     head, rows, kept = _fit_phases(
         cfg, head_fn, head_ds(x_tr, y_tr, True), train_aug, head_ds(x_va, y_va, False), class_weight, run_dir, strategy
@@ -430,15 +493,31 @@ def _train_chexnet_head(cfg, splits, arrays, class_weight, run_dir, strategy):
 def library_versions() -> dict:
     import keras
     import sklearn
-    import tensorflow as tf
 
+    tf = _tensorflow()
     return {
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        "keras_backend": keras.backend.backend(),
+        "tensorflow": tf.__version__ if tf is not None else None,
         "keras": keras.__version__,
         "numpy": np.__version__,
         "scikit-learn": sklearn.__version__,
     }
+
+
+def write_val_predictions(samples, probs: np.ndarray, path: Path) -> None:
+    """The kept model's validation predictions: file,true,predicted,p_<class>... (one row per image).
+
+    With `--cv-folds`, the folds' files together are out-of-fold predictions for all of train
+    (what `scripts/sweep.py --folds` scores).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "true", "predicted", *(f"p_{c}" for c in config.CLASS_NAMES)])
+        for sample, p in zip(samples, probs, strict=True):
+            predicted = config.CLASS_NAMES[int(np.argmax(p))]
+            writer.writerow([sample.relpath, sample.label, predicted, *(f"{float(v):.6f}" for v in p)])
 
 
 def write_history(rows: list[dict], path: Path) -> None:
@@ -464,7 +543,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     run_dir = Path(cfg.run_dir or config.PROJECT_ROOT / "runs" / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    splits = data.make_splits(cfg.data_dir, protocol=cfg.protocol, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    splits = data.make_splits(
+        cfg.data_dir, protocol=cfg.protocol, val_fraction=cfg.val_fraction, seed=cfg.seed,
+        cv_folds=cfg.cv_folds, cv_fold=cfg.cv_fold,
+    )
     if cfg.max_per_class:
         splits = {k: _limit_per_class(v, cfg.max_per_class) for k, v in splits.items()}
     arrays = {k: data.load_arrays(v) for k, v in splits.items() if k in ("train", "val")}
@@ -484,13 +566,14 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     val_probs = model.predict(normalize(val_x, cfg.preprocessing), batch_size=32, verbose=0)
     val_acc = float(np.mean(np.argmax(val_probs, axis=1) == val_y))
+    write_val_predictions(splits["val"], val_probs, run_dir / "val_predictions.csv")
 
     all_samples = [s for v in splits.values() for s in v]
     metadata = {
         "model": cfg.model,
         "config": dataclasses.asdict(cfg),
         "protocol": cfg.protocol,
-        "selection": "validation split of train" if cfg.protocol == "default" else "test split (paper protocol)",
+        "selection": _selection(cfg),
         "preprocessing": cfg.preprocessing,
         "class_names": list(config.CLASS_NAMES),
         "versions": library_versions(),
@@ -515,6 +598,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     write_history(rows, run_dir / "history.csv")
     log.info("saved %s (kept %s epoch %s, val acc %.3f)", checkpoint, kept["phase"], kept["epoch"], val_acc)
     return TrainResult(checkpoint=checkpoint, metadata=record, history=rows)
+
+
+def _selection(cfg: TrainConfig) -> str:
+    if cfg.protocol == "paper":
+        return "test split (paper protocol)"
+    if cfg.cv_folds > 1:
+        return f"fold {cfg.cv_fold} of a {cfg.cv_folds}-fold split of train"
+    return "validation split of train"
 
 
 def _limit_per_class(samples, n: int):

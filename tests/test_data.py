@@ -201,6 +201,75 @@ def test_split_is_stratified_deterministic_and_keeps_duplicates_together(synth_m
     assert len(seen_val) > 1  # the seed matters
 
 
+def test_cross_validation_folds_partition_train_stratified_and_keep_duplicates_together(synth_module):
+    train_all = data.list_samples(synth_module, "train")
+    folds = data.cross_validation_folds(train_all, folds=3, seed=5)
+    assert len(folds) == 3
+    vals = [val for _, val in folds]
+    # Every image is validated exactly once (out-of-fold predictions cover the train folder).
+    assert sorted(s.relpath for v in vals for s in v) == sorted(s.relpath for s in train_all)
+    for train, val in folds:
+        assert sorted(train + val, key=lambda s: s.relpath) == sorted(train_all, key=lambda s: s.relpath)
+        assert not set(train) & set(val)
+        names = {s.path.name for s in val}
+        assert ("c0.png" in names) == ("c0_copy.png" in names) and ("n0.png" in names) == ("n0_jpeg.jpg" in names)
+        # Stratified: 6 groups per class over 3 folds, 2 each.
+        groups = Counter(s.label for s in val if s.path.name not in {"c0_copy.png", "n0_jpeg.jpg"})
+        assert groups == {c: 2 for c in CLASS_NAMES}
+    assert data.cross_validation_folds(train_all, folds=3, seed=5) == folds
+    assert data.cross_validation_folds(train_all, folds=3, seed=6) != folds
+
+
+def test_cross_validation_folds_reject_bad_k(synth_module):
+    train_all = data.list_samples(synth_module, "train")
+    with pytest.raises(ValueError, match="folds must be"):
+        data.cross_validation_folds(train_all, folds=1)
+    with pytest.raises(ValueError, match="fewer than 7"):
+        data.cross_validation_folds(train_all, folds=7)
+
+
+def test_make_splits_cv_fold_is_that_fold(synth_module):
+    folds = data.cross_validation_folds(data.list_samples(synth_module, "train"), folds=3, seed=2)
+    for i, (train, val) in enumerate(folds):
+        splits = data.make_splits(synth_module, "default", seed=2, cv_folds=3, cv_fold=i)
+        assert splits["train"] == train and splits["val"] == val
+        assert splits["test"] == data.list_samples(synth_module, "test")
+    with pytest.raises(ValueError, match="cv_fold"):
+        data.make_splits(synth_module, "default", cv_folds=3, cv_fold=3)
+
+
+def test_array_batches_match_the_tf_pipeline_contract():
+    """The any-backend input pipeline: every image once per epoch, reshuffled, normalised, augmented in range."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(10, 32, 32, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(10)  # an id in one pixel
+    labels = np.arange(10) % NUM_CLASSES
+    one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
+    plain = data.ArrayBatches(images, one_hot, mode="unit", batch_size=4, shuffle=True, augmenter=None, seed=1)
+    assert len(plain) == 3
+
+    def epoch_ids():
+        ids = []
+        for i in range(len(plain)):
+            x, y = plain[i]
+            assert x.dtype == np.float32 and x.max() <= 1.0 and x.min() >= 0.0
+            batch_ids = np.rint(x[:, 0, 0, 0] * 255).astype(int)
+            np.testing.assert_array_equal(y, one_hot[batch_ids])
+            ids += batch_ids.tolist()
+        plain.on_epoch_end()
+        return ids
+
+    first, second = epoch_ids(), epoch_ids()
+    assert sorted(first) == sorted(second) == list(range(10)) and first != second
+    ordered = data.ArrayBatches(images, one_hot, mode="unit", batch_size=4, shuffle=False, augmenter=None, seed=1)
+    np.testing.assert_allclose(ordered[0][0], images[:4] / 255.0, atol=1e-6)
+    augmented = data.ArrayBatches(images, one_hot, mode="unit", batch_size=10, shuffle=False,
+                                  augmenter=data.build_augmenter(zoom=0.3, rotation_degrees=30, seed=0), seed=1)
+    x, _ = augmented[0]
+    assert x.shape == (10, 32, 32, 3) and 0.0 <= x.min() and x.max() <= 1.0
+    assert not np.allclose(x, images / 255.0, atol=1e-3)
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
 def test_split_rejects_bad_fraction(synth_module, fraction):
     with pytest.raises(ValueError, match="val_fraction"):

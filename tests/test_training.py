@@ -37,6 +37,61 @@ def test_config_rejects_bad_values():
     assert TrainConfig(model="chexnet").preprocessing == "imagenet"
 
 
+def test_config_rejects_bad_schedules_and_folds():
+    with pytest.raises(ValueError, match="at least one epoch"):
+        TrainConfig(epochs=0, augment_epochs=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        TrainConfig(epochs=-1)
+    assert TrainConfig(epochs=0, augment_epochs=5).augment_epochs == 5  # augmented phase only
+    with pytest.raises(ValueError, match="cv_fold"):
+        TrainConfig(cv_folds=5, cv_fold=5)
+
+
+def test_without_tensorflow_backend_one_device_and_no_distribution(monkeypatch):
+    """Under e.g. KERAS_BACKEND=jax the recipe runs on one device; tf.distribute options say what they need."""
+    from covid_xray import training
+
+    monkeypatch.setattr(training, "_tensorflow", lambda: None)
+    strategy = training.make_strategy("auto")
+    assert strategy.num_replicas_in_sync == 1
+    with strategy.scope():
+        pass
+    for name in ("mirrored", "multiworker"):
+        with pytest.raises(RuntimeError, match="TensorFlow backend"):
+            training.make_strategy(name)
+    with pytest.raises(RuntimeError, match="TensorFlow backend"):
+        training.configure_devices(logical_cpus=2)
+    assert training.library_versions()["tensorflow"] is None
+
+
+def test_compile_label_smoothing_and_weight_decay():
+    import keras
+
+    from covid_xray.training import _compile
+
+    inputs = keras.Input((2,))
+    model = _compile(keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs)), 1e-3, 0.1, 0.01)
+    assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
+    assert model.optimizer.weight_decay == pytest.approx(0.01)
+    y = np.array([[1.0, 0.0, 0.0]], np.float32)
+    p = np.array([[1.0 - 2e-6, 1e-6, 1e-6]], np.float32)
+    # Smoothing moves the target off the one-hot: a confident correct prediction now costs more.
+    assert float(model.loss(y, p)) > float(keras.losses.CategoricalCrossentropy()(y, p)) + 0.1
+
+
+def test_write_val_predictions(tmp_path):
+    from covid_xray.config import CLASS_NAMES
+    from covid_xray.data import Sample
+    from covid_xray.training import write_val_predictions
+
+    samples = [Sample(Path("/d/train/Covid/a.png"), "train", "Covid"), Sample(Path("/d/train/Normal/b.png"), "train", "Normal")]
+    write_val_predictions(samples, np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1]]), tmp_path / "v.csv")
+    rows = list(csv.DictReader(open(tmp_path / "v.csv")))
+    assert [r["file"] for r in rows] == ["train/Covid/a.png", "train/Normal/b.png"]
+    assert [r["predicted"] for r in rows] == ["Covid", "Covid"]
+    assert list(rows[0]) == ["file", "true", "predicted", *(f"p_{c}" for c in CLASS_NAMES)]
+
+
 def test_keep_best_weights_restores_lowest_val_loss():
     import keras
 
@@ -207,3 +262,64 @@ def test_train_and_evaluate_chexnet_with_synthetic_weights(tmp_path, data_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("metrics.json", "predictions.csv", "confusion_official.png", "confusion_leakage_free.png"):
         assert (out / name).exists()
+
+
+@pytest.mark.slow
+def test_sweep_cross_validation_end_to_end(tmp_path, data_dir):
+    """scripts/sweep.py --folds: one run per fold (augmented phase only), OOF scores from their predictions."""
+    configs = tmp_path / "configs.json"
+    configs.write_text(json.dumps({"aug-only": {"epochs": 0, "augment-epochs": 1}}))
+    out = tmp_path / "sweep"
+    base = "--max-per-class 6 --batch-size 8 --lr 1e-3"
+    args = ["scripts/sweep.py", "--out", str(out), "--folds", "2", "--seeds", "3", "--base", base, "--configs", str(configs)]
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["selected"] == "aug-only" and summary["seeds"] == [3] and summary["reference"] == "aug-only"
+    assert summary["configurations"]["aug-only"]["vs_reference"]["log_loss"] == 0.0
+    assert summary["selected_beats_reference"] is False  # nothing beats itself
+    seed = summary["configurations"]["aug-only"]["seeds"]["3"]
+    rows, files = [], []
+    for fold in (0, 1):
+        run = out / "aug-only" / "seed3" / f"fold{fold}"
+        meta = json.loads((run / "davidnet.json").read_text())
+        assert meta["selection"] == f"fold {fold} of a 2-fold split of train"
+        assert meta["config"]["epochs"] == 0 and meta["epochs_run"] == {"plain": 0, "augmented": 1}
+        assert not (run / "davidnet.keras").exists()  # dropped unless --keep-checkpoints
+        fold_rows = list(csv.DictReader(open(run / "logs" / "val_predictions.csv")))
+        assert len(fold_rows) == meta["split_sizes"]["val"]
+        rows += fold_rows
+        files.append({r["file"] for r in fold_rows})
+    assert not files[0] & files[1]
+    assert seed["n"] == len(rows) and seed["kept"] == ["augmented:1", "augmented:1"]
+    assert seed["accuracy"] == pytest.approx(np.mean([r["true"] == r["predicted"] for r in rows]))
+    # Rerunning reuses the finished runs (nothing retrained) and scores the same.
+    again = run_cli([*args, "--score-only"])
+    assert again.returncode == 0 and json.loads((out / "summary.json").read_text()) == summary
+    # A configuration with missing runs cannot be scored.
+    configs.write_text(json.dumps({"never-run": {"lr": "1e-4"}}))
+    missing = run_cli([*args, "--score-only"])
+    assert missing.returncode == 1 and "no seed has complete runs" in missing.stderr
+
+
+def test_sweep_paired_difference_flags_only_clear_improvements():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep", PROJECT_ROOT / "scripts" / "sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    files = [f"train/Covid/{i}.png" for i in range(40)]
+    rng = np.random.default_rng(0)
+    ref_losses = rng.uniform(0.1, 1.0, size=40)
+
+    def entry(losses, correct):
+        return {"seeds": {"1": {"per_image": {f: (float(x), bool(c)) for f, x, c in zip(files, losses, correct, strict=True)}}}}
+
+    reference = entry(ref_losses, [True] * 30 + [False] * 10)
+    clearly_better = entry(ref_losses - 0.2, [True] * 36 + [False] * 4)
+    noisy = entry(ref_losses + rng.normal(0, 0.3, size=40) - 0.02, [True] * 30 + [False] * 10)
+    d = sweep.paired_difference(clearly_better, reference)
+    assert d["better"] and d["log_loss"] == pytest.approx(-0.2) and d["accuracy"] == pytest.approx(0.15)
+    assert d["log_loss_se"] == pytest.approx(0.0, abs=1e-9)
+    n = sweep.paired_difference(noisy, reference)
+    assert not n["better"] and n["log_loss_se"] > 0.03
