@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +48,7 @@ if str(PROJECT_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from covid_xray import config  # noqa: E402
+from covid_xray.appserver import AppServer  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Configurable parameters.
@@ -464,14 +464,6 @@ def bench_naive(
 # ---------------------------------------------------------------------------
 # The app over HTTP.
 # ---------------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -494,58 +486,6 @@ def rss_mb(pid: int) -> dict[str, float]:
             except (OSError, ValueError):
                 pass
     return values
-
-
-class AppProcess:
-    """`python app.py` on a free loopback port, serving the checkpoints of one folder."""
-
-    def __init__(self, checkpoint_dir: Path, work: Path, tag: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log_path = work / f"app_{tag}.log"
-        cache = work / f"gradio_{tag}"
-        cache.mkdir()
-        env = dict(os.environ)
-        env.update(
-            GRADIO_SERVER_NAME="127.0.0.1",
-            GRADIO_SERVER_PORT=str(self.port),
-            GRADIO_ANALYTICS_ENABLED="False",
-            GRADIO_TEMP_DIR=str(cache),
-            TF_CPP_MIN_LOG_LEVEL="2",
-            COVID_XRAY_CHECKPOINT_DIR=str(checkpoint_dir),
-            COVID_XRAY_CHEXNET_WEIGHTS=str(work / "no_chexnet_base_weights.h5"),
-        )
-        with open(self.log_path, "wb") as log:
-            self.started = time.perf_counter()
-            self.process = subprocess.Popen(
-                [sys.executable, "app.py"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def wait_until_up(self) -> float:
-        """Seconds from process start until the server answers HTTP."""
-        deadline = self.started + SERVER_START_TIMEOUT_S
-        while time.perf_counter() < deadline:
-            if self.process.poll() is not None:
-                raise BenchmarkError(f"app.py exited with code {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "gradio_api/info", timeout=5) as response:
-                    if response.status == 200:
-                        return time.perf_counter() - self.started
-            except OSError:
-                time.sleep(0.1)
-        raise BenchmarkError(f"app.py did not answer within {SERVER_START_TIMEOUT_S} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
 
 
 class AppClient:
@@ -593,9 +533,11 @@ def bench_app(results: Results, folders: dict[str, Path], work: Path, images: Im
 
 def _bench_one_app(results: Results, subset: str, checkpoint_dir: Path, work: Path, images, args) -> None:
     pick = 1 if args.quick else 0
-    app = AppProcess(checkpoint_dir, work, subset)
+    cache = work / f"gradio_{subset}"
+    cache.mkdir()
+    app = AppServer.start(checkpoint_dir, work, env={"GRADIO_TEMP_DIR": cache}, tag=f"app_{subset}")
     try:
-        up = app.wait_until_up()
+        up = app.wait_until_up(SERVER_START_TIMEOUT_S, poll_s=0.1)
         client = AppClient(app.url)
         client.upload(images.next())
         first_answer = time.perf_counter() - app.started

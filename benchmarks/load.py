@@ -32,13 +32,10 @@ import json
 import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +45,7 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from covid_xray import config  # noqa: E402
+from covid_xray.appserver import HOST, AppServer  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Configurable parameters.
@@ -70,7 +68,6 @@ WARM_UP_REAL_IMAGES = 6
 # Targets (the issue "Robustness and security").
 MAX_GOOD_ERRORS = 0
 MAX_RSS_DRIFT_MB = 100.0
-HOST = "127.0.0.1"  # loopback only: this script never exposes the app
 
 
 @dataclass(frozen=True)
@@ -92,17 +89,6 @@ class Outcome:
     seconds: float
     ok: bool  # good input: valid JSON for every model; bad input: an error with the right message
     detail: str = ""
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen
-    url: str
-    log_path: Path
-    started_s: float = 0.0
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
 
 
 # ---------------------------------------------------------------------------
@@ -162,52 +148,19 @@ def prepare_inputs(work: Path, data_dir: Path) -> list[Input]:
     return inputs
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def start_server(checkpoint_dir: Path, work: Path) -> ServerProcess:
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        GRADIO_SERVER_NAME=HOST,
-        GRADIO_SERVER_PORT=str(port),
-        GRADIO_ANALYTICS_ENABLED="False",
-        GRADIO_TEMP_DIR=str(work / "gradio_cache"),  # uploads are deleted with the work folder
-        TF_CPP_MIN_LOG_LEVEL="2",
-        COVID_XRAY_CHECKPOINT_DIR=str(checkpoint_dir),
+def start_server(checkpoint_dir: Path, work: Path) -> tuple[AppServer, float]:
+    """`python app.py` on a free loopback port, up and answering; returns it and its start-up seconds."""
+    server = AppServer.start(
+        checkpoint_dir,
+        work,
+        env={
+            "GRADIO_TEMP_DIR": work / "gradio_cache",  # uploads are deleted with the work folder
+            # The weights the app would use on its own (no missing-file stand-in): the real load.
+            config.CHEXNET_WEIGHTS_ENV_VAR: config.resolve_chexnet_weights(),
+        },
+        tag="app",
     )
-    log_path = work / "app.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    server = ServerProcess(process, f"http://{HOST}:{port}/", log_path)
-    start = time.monotonic()
-    while time.monotonic() - start < SERVER_START_TIMEOUT_S:
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited with code {process.returncode}:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(server.url + "gradio_api/info", timeout=5) as response:
-                if response.status == 200:
-                    server.started_s = time.monotonic() - start
-                    return server
-        except OSError:
-            time.sleep(1)
-    stop_server(server)
-    raise RuntimeError(f"app.py did not answer within {SERVER_START_TIMEOUT_S} s:\n{server.log_tail()}")
-
-
-def stop_server(server: ServerProcess) -> None:
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=30)
+    return server, server.wait_until_up(SERVER_START_TIMEOUT_S, poll_s=1.0)
 
 
 def rss_mb(pid: int) -> dict[str, float]:
@@ -373,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs = prepare_inputs(work, config.resolve_data_dir())
         real = [i for i in inputs if i.real]
         reference_input = real[0] if real else next(i for i in inputs if i.good)
-        server = start_server(work / "checkpoints", work)
+        server, server_start_s = start_server(work / "checkpoints", work)
         try:
             pid = server.process.pid
             rss_start = rss_mb(pid)
@@ -409,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             still_same = again == reference
             alive = server.process.poll() is None
         finally:
-            stop_server(server)
+            server.stop()
         tracebacks, pydicom_tracebacks = count_tracebacks(server.log_path.read_text(errors="replace"))
         if args.log:
             shutil.copyfile(server.log_path, args.log)
@@ -433,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             "corpus_bad": sum(not i.good for i in inputs),
         },
         "models": provenance,
-        "server_start_s": round(server.started_s, 1),
+        "server_start_s": round(server_start_s, 1),
         "sent": len(outcomes),
         "unsent": unsent,
         "wall_s": round(wall, 1),

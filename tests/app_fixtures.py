@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from covid_xray import config  # noqa: E402
+from covid_xray import appserver, config  # noqa: E402
 
 # The fixtures: test modules take them with `from tests.app_fixtures import *`.
 __all__ = [
@@ -197,95 +196,46 @@ def reports_dir(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------------------
 # A real `python app.py` server (shared by test_app.py and test_browser.py).
 # ---------------------------------------------------------------------------
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = config.PROJECT_ROOT
 # Start-up loads and warms both models (DenseNet121 included): generous on a busy 2-core box.
 SERVER_START_TIMEOUT_S = 600
 # Upload limit of the test server: above every test image, below the oversized upload test.
 SERVER_MAX_UPLOAD_BYTES = 2_000_000
 
 
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    import socket
+class AppServer(appserver.AppServer):
+    """The tests' app server: also says which reports folder it serves."""
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class AppServer:
-    """A running `python app.py` subprocess and where to reach it."""
-
-    def __init__(self, url: str, process, log_path: Path, checkpoint_dir: Path, reports_dir: Path):
-        self.url = url
-        self.process = process
-        self.log_path = log_path
-        self.checkpoint_dir = checkpoint_dir
-        self.reports_dir = reports_dir
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
+    reports_dir: Path
 
 
 def start_app_server(checkpoint_dir: Path, reports_dir: Path, workdir: Path) -> AppServer:
-    """Start `python app.py` on a free loopback port and wait until it answers HTTP."""
-    import subprocess
-    import time
-    import urllib.request
+    """Start `python app.py` on a free loopback port and wait until it answers HTTP.
 
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        GRADIO_SERVER_NAME="127.0.0.1",
-        GRADIO_SERVER_PORT=str(port),
-        GRADIO_ANALYTICS_ENABLED="False",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        COVID_XRAY_CHECKPOINT_DIR=str(checkpoint_dir),
-        COVID_XRAY_REPORTS_DIR=str(reports_dir),
-        COVID_XRAY_CHEXNET_WEIGHTS=str(workdir / "no_chexnet_weights.h5"),
-        COVID_XRAY_MAX_UPLOAD_BYTES=str(SERVER_MAX_UPLOAD_BYTES),
-        COVID_XRAY_DATA=str(config.resolve_data_dir()),
+    Raises `appserver.AppServerError` (with the log tail) if it exits or does not answer in time.
+    """
+    server = AppServer.start(
+        checkpoint_dir,
+        workdir,
+        tag="app_server",
+        env={
+            config.REPORTS_DIR_ENV_VAR: reports_dir,
+            "COVID_XRAY_MAX_UPLOAD_BYTES": str(SERVER_MAX_UPLOAD_BYTES),
+            config.DATA_ENV_VAR: config.resolve_data_dir(),
+        },
     )
-    log_path = workdir / "app_server.log"
-    log = open(log_path, "wb")
-    process = subprocess.Popen(
-        [sys.executable, "app.py"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}/"
-    server = AppServer(url, process, log_path, checkpoint_dir, reports_dir)
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited with code {process.returncode}:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(url + "gradio_api/info", timeout=5) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            time.sleep(2)
-    stop_app_server(server)
-    raise RuntimeError(f"app.py did not answer within {SERVER_START_TIMEOUT_S} s:\n{server.log_tail()}")
-
-
-def stop_app_server(server: AppServer) -> None:
-    """Terminate the server process (and wait for it); kill it if it does not stop."""
-    import subprocess
-
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=30)
+    server.reports_dir = reports_dir
+    try:
+        server.wait_until_up(SERVER_START_TIMEOUT_S, poll_s=2.0)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 @pytest.fixture(scope="session")
 def app_server(checkpoint_dir_both, reports_dir, tmp_path_factory):
     """`python app.py` serving both (random-weight) models and the fixture reports; always stopped."""
     server = start_app_server(checkpoint_dir_both, reports_dir, tmp_path_factory.mktemp("app_server"))
-    try:
+    with server:
         yield server
-    finally:
-        stop_app_server(server)
