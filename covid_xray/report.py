@@ -373,6 +373,48 @@ def load_metrics(name: str, reports_dir: str | os.PathLike | None = None) -> dic
     return _read_json(str(path), _stamp(path))
 
 
+def load_cv_sweep(name: str, reports_dir: str | os.PathLike | None = None) -> dict | None:
+    """`reports/<model>/cv_sweep.json` (`scripts/sweep.py --folds` summary), or None."""
+    path = MODELS[name].report_dir(reports_dir) / "cv_sweep.json"
+    return _read_json(str(path), _stamp(path))
+
+
+def cv_markdown(name: str, reports_dir: str | os.PathLike | None = None) -> str:
+    """One paragraph: the training recipe's out-of-fold accuracy on train beside its test accuracy.
+
+    Empty when there is no cross-validation summary (or it is unreadable).
+    """
+    sweep = load_cv_sweep(name, reports_dir) or {}
+    entry = (sweep.get("configurations") or {}).get(sweep.get("reference"))
+    metrics = load_metrics(name, reports_dir) or {}
+    official = (metrics.get("subsets") or {}).get("official") or {}
+    try:
+        runs = list(entry["seeds"].values())
+        n = runs[0]["n"]
+        oof = float(entry["oof_accuracy_mean"])
+        oof_recall = {c: sum(r["recall"][c] for r in runs) / len(runs) for c in CLASS_NAMES}
+    except (KeyError, TypeError, IndexError, ValueError, ZeroDivisionError):
+        return ""
+    text = (
+        f"**Cross-validation.** The shipped training recipe, cross-validated on the train folder "
+        f"({sweep.get('folds')} folds, out-of-fold predictions of {n} images, {len(runs)} seed(s)): "
+        f"accuracy {_fmt(oof, True)}"
+    )
+    test_recall = {c: ((official.get("per_class") or {}).get(c) or {}).get("recall") for c in CLASS_NAMES}
+    if isinstance(official.get("accuracy"), (int, float)):
+        text += f" against {_fmt(official['accuracy'], True)} on the official test"
+    text += ". Recall, cross-validation vs test: " + ", ".join(
+        f"{CLASS_DISPLAY_NAMES[c]} {_fmt(oof_recall[c])} vs {_fmt(test_recall[c])}" for c in CLASS_NAMES
+    )
+    text += "."
+    if isinstance(official.get("n"), int) and official["n"] > 0:
+        text += (
+            f" One test image is {100 / official['n']:.1f} points of accuracy; a gap much larger than that "
+            "suggests the test images differ from the train images."
+        )
+    return text
+
+
 def load_audit(reports_dir: str | os.PathLike | None = None) -> dict | None:
     """`reports/audit.json` (written by `python -m covid_xray.data audit`), or None."""
     path = config.resolve_reports_dir(reports_dir) / "audit.json"
@@ -518,6 +560,9 @@ def metrics_markdown(name: str, reports_dir: str | os.PathLike | None = None) ->
         "The paper selected its models on the test split, so its figure is optimistic; the "
         "leakage-free column drops test images that have a copy in train.",
     ]
+    cv = cv_markdown(name, reports_dir)
+    if cv:
+        lines += ["", cv]
     return "\n".join(lines)
 
 

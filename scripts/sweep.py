@@ -179,6 +179,7 @@ def main() -> int:
         action="store_true",
         help="train nothing; score the configurations whose runs are all there (e.g. after a timeout)",
     )
+    parser.add_argument("--markdown", action="store_true", help="also print the results as a Markdown table")
     args = parser.parse_args()
 
     configs = configurations(args)
@@ -266,7 +267,36 @@ def main() -> int:
         )
     )
     print(f"wrote {out}")
+    if args.markdown:
+        print("\n" + markdown_table(summary, ranked, reference))
     return 0
+
+
+def markdown_table(summary: dict, ranked: list[str], reference: str) -> str:
+    """The README's table: one row per configuration, best (lowest OOF log loss) first."""
+    lines = [
+        f"| configuration | OOF log loss | OOF accuracy | vs `{reference}`: log loss | vs `{reference}`: accuracy "
+        "| recall " + " / ".join(CLASS_NAMES) + " |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name in ranked:
+        s, d = summary[name], summary[name]["vs_reference"]
+        recall = " / ".join(
+            f"{np.mean([r['recall'][c] for r in s['seeds'].values()]):.2f}" for c in CLASS_NAMES
+        )
+        versus = (
+            ("n/a", "n/a")
+            if name == reference
+            else (
+                f"{d['log_loss']:+.3f} ± {d['log_loss_se']:.3f}",
+                f"{d['accuracy']:+.3f} ± {d['accuracy_se']:.3f}",
+            )
+        )
+        lines.append(
+            f"| `{name}` | {s['oof_log_loss_mean']:.3f} | {s['oof_accuracy_mean']:.3f} | {versus[0]} | {versus[1]} "
+            f"| {recall} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

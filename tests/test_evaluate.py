@@ -62,3 +62,23 @@ def test_readme_results_row_matches_the_committed_metrics():
     for subset in ("official", "leakage_free"):
         expected += [metrics["subsets"][subset]["accuracy"], metrics["subsets"][subset]["macro_f1"]]
     assert quoted == pytest.approx([round(v, 3) for v in expected], abs=1e-9)
+
+
+def test_readme_cross_validation_table_matches_the_committed_summary():
+    """Every row of the README's cross-validation table quotes reports/davidnet/cv_sweep.json."""
+    from covid_xray.config import PROJECT_ROOT
+
+    sweep = json.loads((PROJECT_ROOT / "reports" / "davidnet" / "cv_sweep.json").read_text())
+    readme = (PROJECT_ROOT / "README.md").read_text().splitlines()
+    configurations = sweep["configurations"]
+    assert sweep["reference"] == "base" and len(configurations) >= 2
+    for name, entry in configurations.items():
+        row = next(line for line in readme if line.startswith(f"| `{name}` |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[1]) == pytest.approx(round(entry["oof_log_loss_mean"], 3), abs=1e-9), row
+        assert float(cells[2]) == pytest.approx(round(entry["oof_accuracy_mean"], 3), abs=1e-9), row
+        if name != sweep["reference"]:
+            versus = entry["vs_reference"]
+            assert cells[3] == f"{versus['log_loss']:+.3f} ± {versus['log_loss_se']:.3f}", row
+    # The sentence that keeps the shipped model holds for the committed numbers.
+    assert sweep["selected_beats_reference"] is False

@@ -316,3 +316,37 @@ def test_shortcut_explainer_without_reports_says_what_is_missing(tmp_path, repor
     assert "on the official test set" in text
     empty = report.shortcut_markdown(tmp_path)
     assert "several test images have a copy" in empty and "official test set" not in empty
+
+
+def test_cv_markdown_sets_cross_validation_beside_test(tmp_path):
+    reports = tmp_path
+    (reports / "davidnet").mkdir()
+    recalls = (0.9, 0.8, 0.5)
+    per_class = {c: {"recall": r} for c, r in zip(config.CLASS_NAMES, recalls, strict=True)}
+    (reports / "davidnet" / "metrics.json").write_text(
+        json.dumps({"subsets": {"official": {"n": 66, "accuracy": 0.8, "per_class": per_class}}})
+    )
+    assert report.cv_markdown("davidnet", reports) == ""  # no sweep summary: nothing said
+    recall = dict(zip(config.CLASS_NAMES, (1.0, 0.9, 0.8), strict=True))
+    other = dict(zip(config.CLASS_NAMES, (0.0, 0.0, 0.0), strict=True))
+    sweep = {
+        "folds": 5,
+        "reference": "base",
+        "configurations": {
+            "base": {"oof_accuracy_mean": 0.912, "seeds": {"1": {"n": 251, "recall": recall}}},
+            "other": {"oof_accuracy_mean": 0.5, "seeds": {"1": {"n": 251, "recall": other}}},
+        },
+    }
+    (reports / "davidnet" / "cv_sweep.json").write_text(json.dumps(sweep))
+    text = report.cv_markdown("davidnet", reports)
+    assert "5 folds, out-of-fold predictions of 251 images, 1 seed(s)" in text
+    assert "accuracy 91.2% against 80.0% on the official test" in text
+    viral = config.CLASS_DISPLAY_NAMES["Viral Pneumonia"]
+    assert f"{viral} 0.80 vs 0.50" in text
+    assert "One test image is 1.5 points of accuracy" in text
+    assert text in report.metrics_markdown("davidnet", reports)
+    sweep["reference"] = "missing"
+    path = reports / "davidnet" / "cv_sweep.json"
+    path.write_text(json.dumps(sweep))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert report.cv_markdown("davidnet", reports) == ""

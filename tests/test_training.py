@@ -294,8 +294,10 @@ def test_sweep_cross_validation_end_to_end(tmp_path, data_dir):
     assert seed["n"] == len(rows) and seed["kept"] == ["augmented:1", "augmented:1"]
     assert seed["accuracy"] == pytest.approx(np.mean([r["true"] == r["predicted"] for r in rows]))
     # Rerunning reuses the finished runs (nothing retrained) and scores the same.
-    again = run_cli([*args, "--score-only"])
+    again = run_cli([*args, "--score-only", "--markdown"])
     assert again.returncode == 0 and json.loads((out / "summary.json").read_text()) == summary
+    row = next(line for line in again.stdout.splitlines() if line.startswith("| `aug-only` |"))
+    assert f"| {seed['log_loss']:.3f} | {seed['accuracy']:.3f} | n/a | n/a |" in row
     # A configuration with missing runs cannot be scored.
     configs.write_text(json.dumps({"never-run": {"lr": "1e-4"}}))
     missing = run_cli([*args, "--score-only"])
