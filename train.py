@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from covid_xray.data import DatasetNotFoundError
     from covid_xray.training import TrainConfig, train
@@ -76,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     if values["learning_rate"] is None:
         values["learning_rate"] = 1e-4 if args.fine_tune else TrainConfig.learning_rate
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in values.items() if k in fields})
+    try:
+        cfg = TrainConfig(**{k: v for k, v in values.items() if k in fields})
+    except ValueError as exc:  # a combination argparse cannot check, e.g. --cv-fold 5 with --cv-folds 5
+        parser.error(str(exc))
     try:
         result = train(cfg)
     except (DatasetNotFoundError, WeightsError) as exc:

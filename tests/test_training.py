@@ -325,3 +325,16 @@ def test_sweep_paired_difference_flags_only_clear_improvements():
     assert d["log_loss_se"] == pytest.approx(0.0, abs=1e-9)
     n = sweep.paired_difference(noisy, reference)
     assert not n["better"] and n["log_loss_se"] > 0.03
+
+
+def test_cli_rejects_inconsistent_flags_with_a_message(capsys):
+    sys.path.insert(0, str(PROJECT_ROOT))
+    import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--cv-folds", "5", "--cv-fold", "5"])
+    assert exit_info.value.code == 2
+    assert "cv_fold must be in 0..4" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["--epochs", "0", "--augment-epochs", "0"])
+    assert "at least one epoch" in capsys.readouterr().err
