@@ -65,11 +65,7 @@ SIDECAR_KEY = "calibration"
 REPORT_FILE = "calibration.json"
 IMAGE_FILE = "reliability.png"
 # Splits of calibration.json, in display order (the test subsets use metrics.json's names).
-SPLIT_TITLES: dict[str, str] = {
-    "validation": "Validation (fitted on)",
-    "official": "Official test",
-    "leakage_free": "Leakage-free test",
-}
+SPLIT_TITLES: dict[str, str] = {"validation": "Validation (fitted on)", **config.TEST_SUBSET_TITLES}
 
 
 class CalibrationError(ValueError):

@@ -18,6 +18,9 @@ NUM_CLASSES = len(CLASS_NAMES)
 CLASS_DISPLAY_NAMES = {"Covid": "COVID-19", "Normal": "Normal", "Viral Pneumonia": "Viral Pneumonia"}
 
 SPLITS: tuple[str, ...] = ("train", "test")
+# The test subsets every report uses (evaluate's metrics.json keys), with their titles: all test
+# images, and those without an exact or near duplicate in train.
+TEST_SUBSET_TITLES: dict[str, str] = {"official": "Official test", "leakage_free": "Leakage-free test"}
 
 # Both models see 224x224 RGB, as in the paper.
 IMAGE_SIZE = 224

@@ -177,11 +177,11 @@ def evaluate_model(
     }
     write_json(out / "metrics.json", metrics)
     write_predictions(out / "predictions.csv", test, probs, leaked)
-    titles = {"official": "official test", "leakage_free": "leakage-free test"}
     for key, sub in subsets.items():
         plot_confusion(
             sub["confusion_matrix"],
-            f"{spec.display_name}, {titles[key]} (n={sub['n']}, acc={sub['accuracy']:.3f})",
+            f"{spec.display_name}, {config.TEST_SUBSET_TITLES[key].lower()} "
+            f"(n={sub['n']}, acc={sub['accuracy']:.3f})",
             out / f"confusion_{key}.png",
         )
     history = ckpt.with_name(f"{name}_history.csv")

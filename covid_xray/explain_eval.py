@@ -60,8 +60,8 @@ BORDER_MARGIN = 0.05
 BATCH_SIZE = 32  # images per forward pass
 RESULT_FILE = "faithfulness.json"
 PLOT_FILE = "faithfulness.png"
-SUBSETS: tuple[str, ...] = ("official", "leakage_free")
-SUBSET_TITLES = {"official": "official test", "leakage_free": "leakage-free test"}
+SUBSETS: tuple[str, ...] = tuple(config.TEST_SUBSET_TITLES)
+SUBSET_TITLES = {key: title.lower() for key, title in config.TEST_SUBSET_TITLES.items()}
 
 
 def uniform_border_mass(border: float = BORDER) -> float:
@@ -820,28 +820,25 @@ def _border_sentences(cfg: dict, subset: dict) -> list[str]:
             else "about"
         )
         bands[band].append(f"{_method_label(method)} ({mean:.2f})")
+    # {s}: verb ending, {its}: possessive, for one method or several.
+    templates = {
+        "above": "{who} put{s} more of {its} mass on the image border than a uniform map would ({u:.2f}): "
+        "look for text markers and collimation edges, a shortcut rather than lung findings.",
+        "about": "{who} put{s} about as much mass on the border as a uniform map ({u:.2f}); the lungs fill "
+        "the centre, so a map focused on them would put clearly less there: the edges (markers, "
+        "collimation) get their share of the attention.",
+        "below": "{who} keep{s} most of {its} mass off the border (uniform map: {u:.2f}): on average not "
+        "drawn to edge markers, though single images can be.",
+    }
     sentences = []
-    if bands["above"]:
-        one = len(bands["above"]) == 1
-        sentences.append(
-            f"{_join(bands['above'])} put{'s' if one else ''} more of {'its' if one else 'their'} mass "
-            f"on the image border than a uniform map would ({uniform:.2f}): look for text markers and "
-            "collimation edges, a shortcut rather than lung findings."
-        )
-    if bands["about"]:
-        one = len(bands["about"]) == 1
-        sentences.append(
-            f"{_join(bands['about'])} put{'s' if one else ''} about as much mass on the border as a "
-            f"uniform map ({uniform:.2f}); the lungs fill the centre, so a map focused on them would put "
-            "clearly less there: the edges (markers, collimation) get their share of the attention."
-        )
-    if bands["below"]:
-        one = len(bands["below"]) == 1
-        sentences.append(
-            f"{_join(bands['below'])} keep{'s' if one else ''} most of {'its' if one else 'their'} mass "
-            f"off the border (uniform map: {uniform:.2f}): on average not drawn to edge markers, though "
-            "single images can be."
-        )
+    for band, template in templates.items():
+        if bands[band]:
+            one = len(bands[band]) == 1
+            sentences.append(
+                template.format(
+                    who=_join(bands[band]), s="s" if one else "", its="its" if one else "their", u=uniform
+                )
+            )
     return sentences
 
 

@@ -257,19 +257,29 @@ def new_quiz(
     return QuizState(mode=mode, seed=seed, order=tuple(order), position=0, phase="asking", models=models)
 
 
+# Why an action does not fit the quiz's phase, by the phase it is in.
+_WRONG_PHASE = {
+    "asking": "Answer this question first.",
+    "revealed": "This question is already answered: click Next.",
+    "finished": "The quiz is over: start a new quiz.",
+}
+
+
+def _require_phase(state: QuizState | None, phase: str) -> QuizState:
+    if state is None:
+        raise QuizError("Start a quiz first (New quiz).")
+    if state.phase != phase:
+        raise QuizError(_WRONG_PHASE[state.phase])
+    return state
+
+
 def ensure_asking(state: QuizState | None) -> QuizState:
     """`state`, if it is waiting for an answer.
 
     Raises:
         QuizError: no quiz yet, the answer was already given, or the quiz is over.
     """
-    if state is None:
-        raise QuizError("Start a quiz first (New quiz).")
-    if state.phase == "revealed":
-        raise QuizError("This question is already answered: click Next.")
-    if state.phase == "finished":
-        raise QuizError("The quiz is over: start a new quiz.")
-    return state
+    return _require_phase(state, "asking")
 
 
 def answer(state: QuizState | None, choice: str, model_predictions: Mapping[str, str | None]) -> QuizState:
@@ -302,12 +312,7 @@ def next_question(state: QuizState | None) -> QuizState:
     Raises:
         QuizError: no quiz, the current question is not answered yet, or the quiz is over.
     """
-    if state is None:
-        raise QuizError("Start a quiz first (New quiz).")
-    if state.phase == "asking":
-        raise QuizError("Answer this question first.")
-    if state.phase == "finished":
-        raise QuizError("The quiz is over: start a new quiz.")
+    state = _require_phase(state, "revealed")
     position = state.position + 1
     phase = "asking" if position < len(state.order) else "finished"
     return replace(state, position=position, phase=phase)

@@ -36,8 +36,8 @@ EVALUATE_COMMAND = "python -m covid_xray.evaluate --model {name}"
 AUDIT_COMMAND = "python -m covid_xray.data audit"
 # Test subsets of the error gallery (the `leaked` column of predictions.csv).
 SUBSETS: dict[str, str] = {
-    "official": "Official test (all images)",
-    "leakage_free": "Leakage-free test (no duplicate in train)",
+    "official": f"{config.TEST_SUBSET_TITLES['official']} (all images)",
+    "leakage_free": f"{config.TEST_SUBSET_TITLES['leakage_free']} (no duplicate in train)",
 }
 # What the error gallery lists.
 GALLERY_MODES: dict[str, str] = {
@@ -45,7 +45,7 @@ GALLERY_MODES: dict[str, str] = {
     "both_wrong": "Both models wrong",
     "disagree": "Models disagree",
 }
-SUBSET_TITLES = {"official": "Official test", "leakage_free": "Leakage-free test"}
+SUBSET_TITLES = config.TEST_SUBSET_TITLES
 CONFOUNDS_MARKDOWN = (
     "**Known confounds of this dataset.** The Normal and Viral Pneumonia images are pediatric "
     "(Kermany et al.) while most COVID-19 images are adults from other hospitals, so a model can "

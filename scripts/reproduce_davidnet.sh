@@ -7,8 +7,9 @@
 #    Lowest validation loss: batch 16, EarlyStopping patience 6, lr 3e-4 (augmented phase on).
 # 2. That configuration is trained with three seeds; each is evaluated on the test split for reporting.
 # 3. The seed with the lowest validation loss is the one committed to checkpoints/.
-# 4. Cross-validation check of that choice (5 folds of train, seed 1; 45 runs, hours on 2 CPUs, about
-#    ten minutes with KERAS_BACKEND=jax --jobs 12 on one GPU). Reports/davidnet/cv_sweep.json came from:
+# 4. Cross-validation check of that choice (5 folds of train, seed 1; 45 runs: about 6 to 8 minutes each
+#    on 2 CPUs; with KERAS_BACKEND=jax --jobs 12 one H200 finished 41 of them in 8 minutes, the other 4
+#    ran on CPU). Reports/davidnet/cv_sweep.json came from:
 #      python scripts/sweep.py --out runs/sweep-cv5 --folds 5 --seeds 1 --configs scripts/sweep_davidnet.json \
 #        --base "--batch-size 16 --lr 3e-4 --patience 6 --mixed-precision off"
 #      cp runs/sweep-cv5/summary.json reports/davidnet/cv_sweep.json

@@ -33,18 +33,23 @@ def _bench_module():
 
 
 @pytest.mark.slow
-def test_quick_run_prints_every_row(tmp_path):
-    bench = _bench_module()
-    out = tmp_path / "bench.json"
+def run_script(script, *args: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run a benchmark script as a user would (the dataset from the project's setting)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", COVID_XRAY_DATA=str(config.resolve_data_dir()))
-    completed = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--skip-http", "--skip-cold-start", "--json", str(out)],
+    return subprocess.run(
+        [sys.executable, str(script), *args],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=TIMEOUT_S,
+        timeout=timeout,
     )
+
+
+def test_quick_run_prints_every_row(tmp_path):
+    bench = _bench_module()
+    out = tmp_path / "bench.json"
+    completed = run_script(BENCH, "--quick", "--skip-http", "--skip-cold-start", "--json", str(out))
     assert completed.returncode == 0, completed.stderr[-4000:]
     table = completed.stdout
     # The header names the machine, the load and where each model's weights came from.
@@ -70,13 +75,7 @@ def test_quick_run_prints_every_row(tmp_path):
 
 
 def test_rejects_unknown_options():
-    completed = subprocess.run(
-        [sys.executable, str(BENCH), "--no-such-option"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    completed = run_script(BENCH, "--no-such-option", timeout=120)
     assert completed.returncode == 2
     assert "--no-such-option" in completed.stderr
 
@@ -84,15 +83,7 @@ def test_rejects_unknown_options():
 @pytest.mark.slow
 def test_startup_script_prints_every_phase():
     """`benchmarks/startup.py` runs the app's start-up phase by phase (no timing asserted)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", COVID_XRAY_DATA=str(config.resolve_data_dir()))
-    completed = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "benchmarks" / "startup.py")],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+    completed = run_script(PROJECT_ROOT / "benchmarks" / "startup.py")
     assert completed.returncode == 0, completed.stderr[-4000:]
     lines = [line for line in completed.stdout.splitlines() if " s  " in line]
     phases = [line.split(" s  ", 1)[1] for line in lines]
