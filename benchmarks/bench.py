@@ -48,7 +48,7 @@ if str(PROJECT_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from covid_xray import config  # noqa: E402
-from covid_xray.appserver import AppServer  # noqa: E402
+from tests.appserver import AppServer  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Configurable parameters.

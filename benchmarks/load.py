@@ -45,7 +45,7 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from covid_xray import config  # noqa: E402
-from covid_xray.appserver import HOST, AppServer  # noqa: E402
+from tests.appserver import HOST, AppServer  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Configurable parameters.

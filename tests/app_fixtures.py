@@ -1,8 +1,10 @@
-"""Fixtures for the serving tests: tiny checkpoint folders, predictors and a reports folder.
+"""What the serving tests' fixtures are built from: tiny checkpoint folders, a reports folder and
+a `python app.py` server.
 
-Import the fixtures you need into a test module (`from tests.app_fixtures import ...`); pytest
-then finds them by name. Checkpoints hold random weights: the tests check the serving path
-(shapes, determinism, JSON, messages), never accuracy, and never touch the committed checkpoints.
+The fixtures themselves live in tests/conftest.py (every test module gets them by name); test
+modules import the helpers and constants here directly. Checkpoints hold random weights: the
+tests check the serving path (shapes, determinism, JSON, messages), never accuracy, and never
+touch the committed checkpoints.
 """
 
 from __future__ import annotations
@@ -15,20 +17,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 
-from covid_xray import appserver, config  # noqa: E402
-
-# The fixtures: test modules take them with `from tests.app_fixtures import *`.
-__all__ = [
-    "app_server",
-    "checkpoint_dir_both",
-    "checkpoint_dir_davidnet",
-    "missing_weights",
-    "predictor_both",
-    "predictor_davidnet",
-    "reports_dir",
-]
+from covid_xray import config  # noqa: E402
+from tests import appserver  # noqa: E402
 
 # Real test images used by the gallery fixtures, with the (made-up) predictions of each model:
 # (file, true class, davidnet prediction, chexnet prediction, leaked).
@@ -151,48 +142,6 @@ def make_reports_dir(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def checkpoint_dir_both(tmp_path_factory) -> Path:
-    """DavidNet and CheXNet checkpoints with random weights."""
-    return make_checkpoint_dir(tmp_path_factory.mktemp("checkpoints_both"))
-
-
-@pytest.fixture(scope="session")
-def checkpoint_dir_davidnet(tmp_path_factory) -> Path:
-    """Only a DavidNet checkpoint (CheXNet not installed)."""
-    return make_checkpoint_dir(tmp_path_factory.mktemp("checkpoints_davidnet"), models=("davidnet",))
-
-
-@pytest.fixture(scope="session")
-def missing_weights(tmp_path_factory) -> Path:
-    """A CheXNet base-weights path where no file exists."""
-    return tmp_path_factory.mktemp("no_weights") / "chexnet_base.h5"
-
-
-@pytest.fixture(scope="session")
-def predictor_both(checkpoint_dir_both, missing_weights):
-    """A Predictor with both models (Score-CAM capped at 4 maps to keep tests fast)."""
-    from covid_xray.inference import Predictor
-
-    return Predictor.from_checkpoints(checkpoint_dir_both, missing_weights, warm_up=False, scorecam_max_n=4)
-
-
-@pytest.fixture(scope="session")
-def predictor_davidnet(checkpoint_dir_davidnet, missing_weights):
-    """A Predictor whose CheXNet is missing (no checkpoint, no base weights)."""
-    from covid_xray.inference import Predictor
-
-    return Predictor.from_checkpoints(
-        checkpoint_dir_davidnet, missing_weights, warm_up=True, scorecam_max_n=4
-    )
-
-
-@pytest.fixture(scope="session")
-def reports_dir(tmp_path_factory) -> Path:
-    """Evaluation outputs for both models over a few real test images."""
-    return make_reports_dir(tmp_path_factory.mktemp("reports"))
-
-
 # ---------------------------------------------------------------------------
 # A real `python app.py` server (shared by test_app.py and test_browser.py).
 # ---------------------------------------------------------------------------
@@ -231,11 +180,3 @@ def start_app_server(checkpoint_dir: Path, reports_dir: Path, workdir: Path) -> 
         server.stop()
         raise
     return server
-
-
-@pytest.fixture(scope="session")
-def app_server(checkpoint_dir_both, reports_dir, tmp_path_factory):
-    """`python app.py` serving both (random-weight) models and the fixture reports; always stopped."""
-    server = start_app_server(checkpoint_dir_both, reports_dir, tmp_path_factory.mktemp("app_server"))
-    with server:
-        yield server

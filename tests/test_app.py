@@ -20,7 +20,6 @@ import pytest
 
 from covid_xray import config
 from covid_xray.config import CLASS_DISPLAY_NAMES, CLASS_NAMES
-from tests.app_fixtures import *  # noqa: F403  (pytest fixtures)
 from tests.app_fixtures import GALLERY_ROWS, SERVER_MAX_UPLOAD_BYTES
 
 COVID_IMAGE = "test/Covid/0100.jpeg"

@@ -1,4 +1,4 @@
-"""Unit tests of `covid_xray.appserver` with small stand-in commands instead of `python app.py`."""
+"""Unit tests of `tests.appserver` with small stand-in commands instead of `python app.py`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from covid_xray import config
-from covid_xray.appserver import HOST, AppServer, AppServerError, app_environment, free_port
+from tests.appserver import HOST, AppServer, AppServerError, app_environment, free_port
 
 # Answers 200 with the environment it was given on /gradio_api/info, 404 elsewhere, on the
 # host and port the app would use.

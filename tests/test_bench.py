@@ -32,7 +32,6 @@ def _bench_module():
     return module
 
 
-@pytest.mark.slow
 def run_script(script, *args: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
     """Run a benchmark script as a user would (the dataset from the project's setting)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", COVID_XRAY_DATA=str(config.resolve_data_dir()))
@@ -46,6 +45,7 @@ def run_script(script, *args: str, timeout: float = TIMEOUT_S) -> subprocess.Com
     )
 
 
+@pytest.mark.slow
 def test_quick_run_prints_every_row(tmp_path):
     bench = _bench_module()
     out = tmp_path / "bench.json"

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_fixtures import *  # noqa: F403  (pytest fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -21,7 +21,6 @@ from covid_xray.inference import (
     display_image,
     unavailable_markdown,
 )
-from tests.app_fixtures import *  # noqa: F403  (pytest fixtures)
 from tests.corpus import dicom_bytes, xray_like
 
 COVID_IMAGE = "test/Covid/0100.jpeg"

@@ -11,7 +11,6 @@ import pytest
 
 from covid_xray import config, report
 from covid_xray.config import CLASS_NAMES
-from tests.app_fixtures import *  # noqa: F403  (pytest fixtures)
 from tests.app_fixtures import GALLERY_ROWS, write_predictions_csv
 
 

@@ -26,7 +26,6 @@ from covid_xray import config
 from covid_xray.config import CLASS_NAMES, MODELS
 from covid_xray.imaging import ImageDecodeError
 from covid_xray.inference import Predictor, decode_source
-from tests.app_fixtures import *  # noqa: F403  (pytest fixtures)
 from tests.app_fixtures import PROJECT_ROOT, SERVER_MAX_UPLOAD_BYTES
 from tests.corpus import CorpusCase, build_corpus, colour_photo, xray_like
 

@@ -1,5 +1,8 @@
 """Run the demo app (`python app.py`) as a child process, for tests, benchmarks and scripted demos.
 
+Test and benchmark tooling, so it lives beside the tests rather than in the package (the app never
+imports it); benchmark scripts import it as `tests.appserver` with the project root on `sys.path`.
+
 `AppServer.start` launches the app on a free loopback port (never another interface) with the
 checkpoints of one folder, its output in a log file; `wait_until_up` waits until it answers
 HTTP; `stop` terminates it (and kills it if it does not stop). Use it as a context manager so
