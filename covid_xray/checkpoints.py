@@ -7,25 +7,17 @@ checkpoint is refused with a clear message instead of serving wrong predictions.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import keras
 
+from covid_xray.hashing import sha256_file
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not match its recorded hash."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def sidecar_path(checkpoint: str | os.PathLike) -> Path:
@@ -67,7 +59,9 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> tuple[keras
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"Checkpoint not found: {path}. Train it with `python train.py --model {path.stem}`.")
+        raise CheckpointError(
+            f"Checkpoint not found: {path}. Train it with `python train.py --model {path.stem}`."
+        )
     metadata = read_metadata(path)
     if verify and metadata.get("sha256"):
         actual = sha256_file(path)

@@ -38,6 +38,7 @@ import numpy as np
 
 from covid_xray import config, imaging, preprocessing
 from covid_xray.config import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, SPLITS
+from covid_xray.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -195,12 +196,12 @@ def clear_cache() -> None:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (cached per path, mtime and size)."""
+    """`hashing.sha256_file`, cached per path, mtime and size (the audit hashes every image)."""
     path = Path(path)
     key = _cache_key(path)
     cached = _sha_cache.get(key)
     if cached is None:
-        cached = hashlib.sha256(path.read_bytes()).hexdigest()
+        cached = sha256_file(path)
         with _cache_lock:
             _sha_cache[key] = cached
     return cached
