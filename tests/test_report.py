@@ -14,6 +14,14 @@ from covid_xray.config import CLASS_NAMES
 from tests.app_fixtures import GALLERY_ROWS, write_predictions_csv
 
 
+@pytest.fixture(autouse=True)
+def no_provisioned_reports(tmp_path_factory, monkeypatch):
+    """An empty cache folder: reports from a first-start provisioning never stand in for the
+    folder under test."""
+    monkeypatch.setenv(config.HOME_ENV_VAR, str(tmp_path_factory.mktemp("home")))
+    monkeypatch.delenv(config.REPORTS_DIR_ENV_VAR, raising=False)
+
+
 # ---------------------------------------------------------------------------
 # The committed examples.
 # ---------------------------------------------------------------------------
@@ -271,19 +279,65 @@ def test_confounds_fit_in_two_sentences():
     assert text.count(". ") + 1 == 2 and "pediatric" in text
 
 
-def test_committed_reports_are_readable():
-    """Whatever the lead committed under reports/ parses (skipped parts simply are not there yet)."""
-    for name in config.MODELS:
-        rows = report.load_predictions(name)
-        if rows is not None:
-            assert len(rows) == 66
-            assert all(r.file.startswith("test/") for r in rows)
-        metrics = report.load_metrics(name)
-        if metrics is not None:
-            assert "subsets" in metrics
-        report.metrics_markdown(name)
-        report.plot_history(name)
+def _check_evaluated_model(name, reports_dir, n_rows):
+    """Every reader and renderer of the Model report tab works on `name`'s evaluation outputs."""
+    metrics = report.load_metrics(name, reports_dir)
+    assert metrics is not None, f"{name}: no metrics.json in {reports_dir}"
+    official = metrics["subsets"]["official"]
+    rows = report.load_predictions(name, reports_dir)
+    assert rows is not None and len(rows) == n_rows
+    assert all(r.file.startswith("test/") and r.true in CLASS_NAMES for r in rows)
+    text = report.metrics_markdown(name, reports_dir)
+    assert f"{official['accuracy']:.1%}" in text and f"(n={official['n']})" in text
+    assert "No evaluation report" not in text
+    assert report.plot_history(name, reports_dir) is not None
+    for subset in config.TEST_SUBSET_TITLES:
+        image = report.load_confusion_image(name, subset, reports_dir)
+        assert image is not None and image.ndim == 3 and image.dtype == np.uint8
+    cases = report.find_cases(name, reports_dir=reports_dir)
+    status = report.gallery_status(cases, name, 0, reports_dir=reports_dir)
+    assert "test image" in status and "evaluate" not in status
+
+
+def _check_unevaluated_model(name, reports_dir):
+    """Without evaluation outputs every part of the tab says which command produces them."""
+    command = f"python -m covid_xray.evaluate --model {name}"
+    assert report.load_predictions(name, reports_dir) is None
+    assert report.load_metrics(name, reports_dir) is None
+    assert report.load_history(name, reports_dir) is None and report.plot_history(name, reports_dir) is None
+    for subset in config.TEST_SUBSET_TITLES:
+        assert report.load_confusion_image(name, subset, reports_dir) is None
+    text = report.metrics_markdown(name, reports_dir)
+    assert "No evaluation report" in text and command in text
+    assert f"{config.MODELS[name].paper_accuracy:.0%}" in text
+    assert command in report.gallery_status([], name, 0, reports_dir=reports_dir)
+    assert report.find_cases(name, reports_dir=reports_dir) == []
+
+
+@pytest.mark.parametrize("name", list(config.MODELS))
+def test_model_report_from_generated_files(name, reports_dir):
+    """Both models' outputs (CheXNet's included, which reports/ may not hold yet) render fully."""
+    _check_evaluated_model(name, reports_dir, n_rows=len(GALLERY_ROWS))
+
+
+@pytest.mark.parametrize("name", list(config.MODELS))
+def test_model_report_without_evaluation(name, tmp_path):
+    _check_unevaluated_model(name, tmp_path)
+
+
+@pytest.mark.parametrize("name", list(config.MODELS))
+def test_committed_reports_are_readable(name):
+    """What is committed under reports/<model>/ renders fully; a model with nothing committed gets
+    the empty state everywhere (a half-committed folder fails either way)."""
+    if config.MODELS[name].report_dir(config.REPORTS_DIR).exists():
+        _check_evaluated_model(name, config.REPORTS_DIR, n_rows=66)  # the whole test split
+    else:
+        _check_unevaluated_model(name, config.REPORTS_DIR)
+
+
+def test_committed_report_files():
     report.audit_markdown()
+    assert report.load_audit() is not None
     assert isinstance(report.load_examples(), tuple)
     assert Path(config.EXAMPLES_FILE).exists()
 
@@ -306,13 +360,22 @@ def test_shortcut_explainer_quotes_the_committed_numbers():
     mass = explain_eval.border_mass_summary("davidnet")["methods"]["gradcam"]["mean"]
     assert f"DavidNet's Grad-CAM puts {mass:.0%} of its heatmap" in text
     assert "children" in text and text.count("\n\n") == 1  # two paragraphs
+    for name, spec in config.MODELS.items():
+        metrics = report.load_metrics(name, config.REPORTS_DIR)
+        if metrics is None:  # a model without committed numbers is not quoted at all
+            assert spec.display_name not in text
+        else:
+            assert f"{metrics['subsets']['official']['accuracy']:.1%}" in text
 
 
 def test_shortcut_explainer_without_reports_says_what_is_missing(tmp_path, reports_dir):
-    # The fixture reports have metrics but no faithfulness file: the border-mass sentence says how to measure it.
+    # The fixture reports have metrics but no faithfulness file: the border-mass sentences say how
+    # to measure it, for each model.
     text = report.shortcut_markdown(reports_dir)
-    assert "python -m covid_xray.explain_eval --model davidnet" in text
-    assert "on the official test set" in text
+    for name in config.MODELS:
+        assert f"python -m covid_xray.explain_eval --model {name}" in text
+        official = report.load_metrics(name, reports_dir)["subsets"]["official"]["accuracy"]
+        assert f"{official:.1%} on the official test set" in text
     empty = report.shortcut_markdown(tmp_path)
     assert "several test images have a copy" in empty and "official test set" not in empty
 
