@@ -7,14 +7,27 @@ Writes to `reports/<model>/` (see docs/ARCHITECTURE.md for the formats):
 - predictions.csv: one row per test image;
 - confusion_official.png, confusion_leakage_free.png;
 - history.csv: the training curves copied from the checkpoint's run.
+
+Any labelled folder (a user's own films, one subfolder per class; see
+`covid_xray.datasets_external`)::
+
+    python -m covid_xray.evaluate --model davidnet --data-dir DIR --name NAME [--groups groups.csv]
+
+writes the same files to `reports/<model>/<NAME>/` (predictions.csv with a `group` column
+instead of `leaked`), plus ECE/NLL and the share of errors made with confidence >= 0.9 in
+metrics.json, and a per-group breakdown when a `file,group` CSV is given. The leakage-free
+subset is defined by the audit of the Kaggle split only, so such a set has none (metrics.json
+says so). `evaluated_sets(name)` lists every evaluated set of a model, the Kaggle test first.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -28,6 +41,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger(__name__)
 
 PREDICTION_FIELDS = ["file", "true", "predicted", "confidence", *[f"p_{c}" for c in config.CLASS_NAMES], "leaked"]
+# predictions.csv of a labelled folder: the group replaces the (Kaggle-only) leakage flag.
+FOLDER_PREDICTION_FIELDS = [*PREDICTION_FIELDS[:-1], "group"]
+# An error made with at least this confidence counts as a confident error (issue #15).
+HIGH_CONFIDENCE = 0.9
+# The Kaggle test split's key in `evaluated_sets`; a labelled folder's NAME may not take it.
+KAGGLE_SET_KEY = "test"
+KAGGLE_SET_TITLE = "Kaggle test split (official and leakage-free)"
+SET_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NO_LEAKAGE_FREE_SUBSET = (
+    "not applicable: the leakage-free subset drops Kaggle test images that have a duplicate in "
+    "the Kaggle train split (reports/audit.json); this folder was not audited against train."
+)
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
@@ -66,17 +91,19 @@ def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
 
     cm = np.asarray(matrix)
     names = [config.CLASS_DISPLAY_NAMES[c] for c in config.CLASS_NAMES]
-    fig, ax = plt.subplots(figsize=(4.6, 4.0), dpi=110)
+    fig, ax = plt.subplots(figsize=(4.6, 4.4), dpi=110)
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
+    # The app's image label covers the figure's top-left corner: the title (two short lines,
+    # centred over the matrix) sits below a blank band at the top instead of at the edge.
     ax.set_title(title, fontsize=10)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     fig.savefig(path)
     plt.close(fig)
 
@@ -180,8 +207,8 @@ def evaluate_model(
     for key, sub in subsets.items():
         plot_confusion(
             sub["confusion_matrix"],
-            f"{spec.display_name}, {config.TEST_SUBSET_TITLES[key].lower()} "
-            f"(n={sub['n']}, acc={sub['accuracy']:.3f})",
+            f"{spec.display_name}, {config.TEST_SUBSET_TITLES[key].lower()}\n"
+            f"n={sub['n']}, accuracy {sub['accuracy']:.3f}",
             out / f"confusion_{key}.png",
         )
     history = ckpt.with_name(f"{name}_history.csv")
@@ -191,20 +218,190 @@ def evaluate_model(
     return metrics
 
 
+def confident_errors(probs: np.ndarray, labels: np.ndarray, threshold: float = HIGH_CONFIDENCE) -> dict:
+    """Errors, errors made with top-label confidence >= `threshold`, and their share of the errors."""
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1, config.NUM_CLASSES)
+    labels = np.asarray(labels, dtype=np.int64)
+    wrong = probs.argmax(axis=1) != labels
+    sure = wrong & (probs.max(axis=1) >= threshold)
+    errors = int(wrong.sum())
+    return {
+        "threshold": threshold,
+        "errors": errors,
+        "confident_errors": int(sure.sum()),
+        "share": float(sure.sum() / errors) if errors else None,
+    }
+
+
+def calibration_summary(probs: np.ndarray, labels: np.ndarray, temperature: float | None) -> dict:
+    """ECE, NLL, mean confidence and confident-error share of the raw probabilities, and of the
+    calibrated ones when the checkpoint carries an applied temperature (calibration.py's maths)."""
+    from covid_xray.calibration import apply_temperature, calibration_metrics
+
+    stats = calibration_metrics(probs, labels, temperature or 1.0)
+    summary = {"temperature": temperature, "raw": {**stats["before"], **confident_errors(probs, labels)}}
+    if temperature is not None:
+        scaled = apply_temperature(probs, temperature)
+        summary["calibrated"] = {**stats["after"], **confident_errors(scaled, labels)}
+    return summary
+
+
+def group_breakdown(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str]) -> dict:
+    """Per group: n, accuracy, per-class recall (None without a film of that class) and support."""
+    out = {}
+    groups_arr = np.asarray(groups, dtype=object)
+    for group in sorted(set(groups)):
+        mask = groups_arr == group
+        t, p = y_true[mask], y_pred[mask]
+        support = {c: int(np.sum(t == i)) for i, c in enumerate(config.CLASS_NAMES)}
+        out[group] = {
+            "n": int(mask.sum()),
+            "accuracy": float(np.mean(t == p)),
+            "recall": {
+                c: (float(np.mean(p[t == i] == i)) if support[c] else None)
+                for i, c in enumerate(config.CLASS_NAMES)
+            },
+            "support": support,
+        }
+    return out
+
+
+def check_set_name(set_name: str) -> str:
+    """A labelled folder's NAME: a plain folder name (letters, digits, . _ -), not the Kaggle key."""
+    from covid_xray.datasets_external import LabelledFolderError
+
+    if not SET_NAME_PATTERN.match(set_name or "") or set_name == KAGGLE_SET_KEY:
+        raise LabelledFolderError(
+            f"--name {set_name!r} cannot name an evaluated set: use 1 to 64 letters, digits, '.', '_' or '-' "
+            f"(starting with a letter or digit), other than {KAGGLE_SET_KEY!r}, e.g. --name st-marys-2024."
+        )
+    return set_name
+
+
+def evaluate_folder(
+    name: str,
+    folder: str | os.PathLike,
+    set_name: str,
+    groups_csv: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    checkpoint: str | None = None,
+    reports_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Evaluate one checkpoint on a labelled folder (one subfolder per class) and write
+    metrics.json, predictions.csv and confusion_all.png to `reports/<model>/<set_name>/`.
+
+    Raises:
+        LabelledFolderError: the folder or the group CSV is unusable (message for people).
+            Also raised when `set_name` is not a usable folder name.
+    """
+    from covid_xray.calibration import temperature_from_metadata
+    from covid_xray.checkpoints import load_checkpoint, sha256_file, write_json
+    from covid_xray.datasets_external import UNGROUPED, discover_labelled_folder, read_groups
+
+    check_set_name(set_name)
+    images = discover_labelled_folder(folder)
+    groups = read_groups(groups_csv, images) if groups_csv else {im.relpath: UNGROUPED for im in images}
+    spec = config.get_model_spec(name)
+    ckpt = Path(checkpoint) if checkpoint else spec.checkpoint_path()
+    model, meta = load_checkpoint(ckpt)
+    mode = meta.get("preprocessing") or spec.preprocessing_for("default")
+    out = Path(out_dir) if out_dir else spec.report_dir(reports_dir) / set_name
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    probs = predict_samples(model, images, mode)
+    seconds = time.perf_counter() - t0
+    y_true = np.array([im.label_index for im in images])
+    y_pred = probs.argmax(axis=1)
+    group_list = [groups[im.relpath] for im in images]
+    metrics = {
+        "model": name,
+        "kind": "labelled_folder",
+        "set_name": set_name,
+        "data_dir": str(Path(folder).expanduser().resolve()),
+        "checkpoint": ckpt.name,
+        "checkpoint_sha256": sha256_file(ckpt),
+        "preprocessing": mode,
+        "subsets": {"all": compute_metrics(y_true, y_pred)},
+        "leakage_free": NO_LEAKAGE_FREE_SUBSET,
+        "calibration": calibration_summary(probs, y_true, temperature_from_metadata(meta)),
+        "groups_file": str(Path(groups_csv).expanduser().resolve()) if groups_csv else None,
+        "groups": group_breakdown(y_true, y_pred, group_list) if groups_csv else None,
+    }
+    write_json(out / "metrics.json", metrics)
+    with open(out / "predictions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(FOLDER_PREDICTION_FIELDS)
+        for im, p, group in zip(images, probs, group_list, strict=True):
+            k = int(np.argmax(p))
+            writer.writerow(
+                [im.relpath, im.label, config.CLASS_NAMES[k], f"{p[k]:.6f}", *[f"{v:.6f}" for v in p],
+                 "" if group == UNGROUPED else group]
+            )
+    sub = metrics["subsets"]["all"]
+    plot_confusion(
+        sub["confusion_matrix"],
+        f"{spec.display_name}, {set_name}\nn={sub['n']}, accuracy {sub['accuracy']:.3f}",
+        out / "confusion_all.png",
+    )
+    log.info("%d images in %.2f s (%.1f images/s)", len(images), seconds, len(images) / max(seconds, 1e-9))
+    return metrics
+
+
+def evaluated_sets(name: str, reports_dir: str | os.PathLike | None = None) -> list[tuple[str, str, Path]]:
+    """(key, title, folder) of every evaluated set of a model: the Kaggle test split first (key
+    `KAGGLE_SET_KEY`, folder `reports/<model>/`), then each labelled folder by name. Each folder
+    holds metrics.json, predictions.csv and confusion PNGs; sets without a readable metrics.json
+    are left out."""
+    base = config.get_model_spec(name).report_dir(reports_dir)
+    sets: list[tuple[str, str, Path]] = []
+    if (base / "metrics.json").is_file():
+        sets.append((KAGGLE_SET_KEY, KAGGLE_SET_TITLE, base))
+    if base.is_dir():
+        for sub in sorted(p for p in base.iterdir() if p.is_dir()):
+            try:
+                metrics = json.loads((sub / "metrics.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(metrics, dict) and metrics.get("kind") == "labelled_folder":
+                n = metrics.get("subsets", {}).get("all", {}).get("n")
+                sets.append((sub.name, f"{sub.name} (labelled folder, n={n})", sub))
+    return sets
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the official and leakage-free test sets.")
     parser.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
-    parser.add_argument("--data-dir", default=None, help="dataset root (else $COVID_XRAY_DATA)")
-    parser.add_argument("--out", default=None, help="output folder (default reports/<model>)")
+    parser.add_argument(
+        "--data-dir", default=None,
+        help="with --name: a labelled folder (one subfolder per class); else the Kaggle dataset root "
+        "(default $COVID_XRAY_DATA)",
+    )
+    parser.add_argument("--name", default=None, help="set name: outputs in reports/<model>/<NAME>/")
+    parser.add_argument("--groups", default=None, help="CSV `file,group`: per-group breakdown")
+    parser.add_argument("--out", default=None, help="output folder (default reports/<model>[/<NAME>])")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file (default checkpoints/<model>.keras)")
     args = parser.parse_args(argv)
+    if args.name is not None and args.data_dir is None:
+        parser.error("--name needs --data-dir: the labelled folder to evaluate")
+    if args.groups is not None and args.name is None:
+        parser.error("--groups needs --data-dir and --name (groups apply to a labelled folder)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from covid_xray.checkpoints import CheckpointError
     from covid_xray.data import DatasetNotFoundError
+    from covid_xray.datasets_external import LabelledFolderError
 
     try:
-        metrics = evaluate_model(args.model, args.data_dir, args.out, args.checkpoint)
+        if args.name is not None:
+            metrics = evaluate_folder(
+                args.model, args.data_dir, args.name, args.groups, args.out, args.checkpoint
+            )
+        else:
+            metrics = evaluate_model(args.model, args.data_dir, args.out, args.checkpoint)
+    except LabelledFolderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (CheckpointError, DatasetNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if args.model == "chexnet" and not config.resolve_chexnet_weights().exists():
@@ -214,6 +411,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for key, sub in metrics["subsets"].items():
         print(f"{args.model} {key:13s} n={sub['n']:3d} accuracy={sub['accuracy']:.4f} macro_f1={sub['macro_f1']:.4f}")
+    if args.name is not None:
+        raw = metrics["calibration"]["raw"]
+        print(f"  ECE={raw['ece']:.4f} NLL={raw['nll']:.4f} errors={raw['errors']} "
+              f"with confidence >= {raw['threshold']}: {raw['confident_errors']}")
+        for group, g in (metrics["groups"] or {}).items():
+            recall = " ".join(f"{c}={'-' if r is None else f'{r:.2f}'}" for c, r in g["recall"].items())
+            print(f"  group {group}: n={g['n']} accuracy={g['accuracy']:.4f} recall {recall}")
     return 0
 
 
