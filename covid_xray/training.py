@@ -373,13 +373,10 @@ def _train_end_to_end(cfg, splits, arrays, class_weight, run_dir, strategy):
 
 
 def _chexnet_weights_path(cfg: TrainConfig) -> Path:
-    """Resolve CheXNet weights and fail with the fix command when they are missing."""
-    from covid_xray.weights import WeightsNotFoundError, missing_weights_message
+    """The CheXNet base weights file; `WeightsNotFoundError` (with the fix) when it is missing."""
+    from covid_xray.weights import require_chexnet_weights
 
-    path = config.resolve_chexnet_weights(cfg.chexnet_weights)
-    if not path.exists():
-        raise WeightsNotFoundError(missing_weights_message(path))
-    return path
+    return require_chexnet_weights(cfg.chexnet_weights)
 
 
 def extract_features(base_model, images: np.ndarray, mode: str, batch_size: int = 32) -> np.ndarray:
@@ -536,6 +533,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     from covid_xray import data
     from covid_xray.checkpoints import save_checkpoint
 
+    if cfg.model == "chexnet":
+        _chexnet_weights_path(cfg)  # fail before minutes of data loading, with the fix
     configure_devices(cfg.logical_cpus)
     seed_everything(cfg.seed, cfg.deterministic)
     policy = configure_mixed_precision(cfg.mixed_precision)

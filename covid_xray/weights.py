@@ -58,8 +58,8 @@ logger = logging.getLogger(__name__)
 # Project that publishes the weights; its README carries the download link.
 CHEXNET_PROJECT_URL = "https://github.com/brucechou1983/CheXNet-Keras"
 # Direct download link and SHA-256 of CHEXNET_WEIGHTS_FILENAME. No verified direct link or
-# checksum is recorded in this repository, so none is guessed: the missing-weights message
-# shows placeholders and says where to find the link. Set these once they are verified.
+# checksum is recorded in this repository, so none is guessed: `fix_commands` offers the
+# `fetch --url` route only once these are set (after verifying them).
 CHEXNET_WEIGHTS_URL: str | None = None
 CHEXNET_WEIGHTS_SHA256: str | None = None
 # A public Kaggle dataset that mirrors CHEXNET_WEIGHTS_FILENAME; `fetch-kaggle` downloads it with
@@ -102,6 +102,7 @@ class WeightsNotFoundError(WeightsError, FileNotFoundError):
     """No CheXNet weights file at the resolved path; the message says how to get one."""
 
     def __init__(self, path: str | os.PathLike):
+        """`path`: where the weights were looked for (the message is built here, once)."""
         self.path = Path(path)
         super().__init__(missing_weights_message(self.path))
         self.filename = str(self.path)
@@ -153,48 +154,42 @@ _FileLayers = dict[str, list[tuple[str | None, np.ndarray]]]
 # ---------------------------------------------------------------------------
 # Messages.
 # ---------------------------------------------------------------------------
-def _describe_source(path: Path) -> str:
-    env = os.environ.get(config.CHEXNET_WEIGHTS_ENV_VAR)
-    if env and Path(env).expanduser().resolve() == path:
-        return f"${config.CHEXNET_WEIGHTS_ENV_VAR} points there"
-    if path == config.DEFAULT_CHEXNET_WEIGHTS.resolve():
-        return f"it is the default location (set ${config.CHEXNET_WEIGHTS_ENV_VAR} to use another file)"
-    return "that path was passed explicitly"
+def _dest_flag(path: Path) -> str:
+    """`` --dest PATH`` when the fix must install somewhere other than where the code looks by default."""
+    return "" if path == config.resolve_chexnet_weights() else f" --dest {shlex.quote(str(path))}"
+
+
+def fix_commands(path: str | os.PathLike | None = None) -> list[str]:
+    """Shell commands that put CheXNet weights at `path` (default: where the code looks), best first.
+
+    For an operator's panel or a CLI; `missing_weights_message` names the first one.
+    """
+    path = config.resolve_chexnet_weights(path)
+    dest = _dest_flag(path)
+    commands = [f"{FIX_COMMAND}{dest}"]
+    if CHEXNET_WEIGHTS_URL:
+        sha = f" --sha256 {CHEXNET_WEIGHTS_SHA256}" if CHEXNET_WEIGHTS_SHA256 else ""
+        commands.append(f"python -m covid_xray.weights fetch --url {CHEXNET_WEIGHTS_URL}{sha}{dest}")
+    commands.append(f"python -m covid_xray.weights install /path/to/{config.CHEXNET_WEIGHTS_FILENAME}{dest}")
+    return commands
 
 
 def missing_weights_message(path: str | os.PathLike) -> str:
-    """Explain that CheXNet weights are missing, where they were looked for, and the fix.
+    """One paragraph for people: CheXNet weights are missing at `path`, what they are, and the fix.
 
-    Used by `WeightsNotFoundError`, the CLI and the app, so users read one wording everywhere.
+    Used by `WeightsNotFoundError`, the CLIs and the app, so users read one wording everywhere;
+    `fix_commands` gives the commands alone.
     """
     path = Path(path).expanduser().resolve()
-    name = config.CHEXNET_WEIGHTS_FILENAME
-    # The fix installs to the default/env location; name the path when it was passed explicitly.
-    dest = "" if path == config.resolve_chexnet_weights() else f" --dest {shlex.quote(str(path))}"
-    url = CHEXNET_WEIGHTS_URL or "<URL>"
-    sha = CHEXNET_WEIGHTS_SHA256 or "<SHA256>"
-    lines = [
-        f"CheXNet weights are missing: no file at {path} ({_describe_source(path)}).",
-        f"CheXNet needs the published CheXNet DenseNet121 weights ({name}, from {CHEXNET_PROJECT_URL}).",
-        "Fix it with one command (needs internet; downloads the Kaggle mirror and checks it loads):",
-        f"    {FIX_COMMAND}{dest}",
-        "or from a direct link:",
-        f"    python -m covid_xray.weights fetch --url {url} --sha256 {sha}{dest}",
-    ]
-    if not CHEXNET_WEIGHTS_URL:
-        lines.append(
-            f"  <URL>: the direct download link of {name} given in the README of {CHEXNET_PROJECT_URL}"
-        )
-    if not CHEXNET_WEIGHTS_SHA256:
-        lines.append(
-            "  <SHA256>: the file's SHA-256 from the release page, if published; without --sha256 the"
-            " download is still checked to load as a complete DenseNet121, and its hash is printed."
-        )
-    lines += [
-        "If you already have the file, install it instead:",
-        f"    python -m covid_xray.weights install /path/to/{name}{dest}",
-    ]
-    return "\n".join(lines)
+    env = os.environ.get(config.CHEXNET_WEIGHTS_ENV_VAR)
+    source = f" (set by ${config.CHEXNET_WEIGHTS_ENV_VAR})" if env and Path(env).expanduser().resolve() == path else ""
+    dest = _dest_flag(path)
+    return (
+        f"CheXNet weights are missing: no file at {path}{source}. CheXNet needs the published "
+        f"DenseNet121 weights trained on ChestX-ray14 ({config.CHEXNET_WEIGHTS_FILENAME}, from "
+        f"{CHEXNET_PROJECT_URL}). Get them with `{FIX_COMMAND}{dest}` (needs internet), or install a "
+        f"copy you already have with `python -m covid_xray.weights install FILE{dest}`."
+    )
 
 
 def _format_problems(header: str, problems: list[str]) -> str:

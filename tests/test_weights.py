@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,19 +18,19 @@ from covid_xray.models import CHEXNET_BASE_PARAMS, CHEXNET_TRAINABLE_PARAMS, bui
 from covid_xray.weights import (
     FORMAT_KERAS2,
     FORMAT_KERAS3_ARCHIVE,
+    FIX_COMMAND,
     FORMAT_KERAS3_WEIGHTS,
     WeightsError,
     WeightsNotFoundError,
     detect_format,
     fetch,
     load_chexnet_base_weights,
+    fix_commands,
     main,
     missing_weights_message,
     sha256_file,
 )
 from tests.chexnet_fixtures import build_base, random_arrays, set_arrays, write_keras2_chexnet_weights
-
-FIX_COMMAND = "python -m covid_xray.weights fetch --url"
 
 
 def _count(weights) -> int:
@@ -178,6 +179,15 @@ def test_layer_listed_without_data_is_reported_as_damage(base, keras2_file, tmp_
         load_chexnet_base_weights(base, bad)
 
 
+def _assert_one_paragraph(message: str) -> None:
+    """One paragraph for people: no line breaks, no sentence twice, no quoting debris."""
+    assert "\n" not in message.strip()
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", message) if s.strip()]
+    assert len(sentences) == len(set(sentences)), message
+    assert message.count("CheXNet weights are missing") == 1
+    assert not re.search(r"https:/[^/]", message) and "'\"'\"'" not in message
+
+
 def test_missing_file_raises_with_the_fix_command(tmp_path, monkeypatch):
     monkeypatch.delenv(config.CHEXNET_WEIGHTS_ENV_VAR, raising=False)
     missing = tmp_path / "nowhere" / "chexnet.h5"
@@ -186,20 +196,43 @@ def test_missing_file_raises_with_the_fix_command(tmp_path, monkeypatch):
         load_chexnet_base_weights(None, missing)
     error = info.value
     assert isinstance(error, FileNotFoundError) and isinstance(error, WeightsError)
+    assert error.path == missing
     message = str(error)
-    assert "CheXNet weights are missing" in message and str(missing) in message
-    assert FIX_COMMAND in message and "--sha256" in message and f"--dest {missing}" in message
-    assert "python -m covid_xray.weights install" in message
     assert message == missing_weights_message(missing)
+    _assert_one_paragraph(message)
+    assert f"no file at {missing}." in message
+    # Not the default location: the fix must install exactly there.
+    assert f"{FIX_COMMAND} --dest {missing}`" in message
+    assert f"python -m covid_xray.weights install FILE --dest {missing}`" in message
+    assert "https://github.com/brucechou1983/CheXNet-Keras" in message
+    assert fix_commands(missing)[0] == f"{FIX_COMMAND} --dest {missing}"
+    assert all(f"--dest {missing}" in command for command in fix_commands(missing))
+
+
+def test_missing_message_at_the_default_location_needs_no_dest(monkeypatch):
+    monkeypatch.delenv(config.CHEXNET_WEIGHTS_ENV_VAR, raising=False)
+    message = missing_weights_message(config.resolve_chexnet_weights())
+    _assert_one_paragraph(message)
+    assert "--dest" not in message and "passed explicitly" not in message
+    assert f"`{FIX_COMMAND}`" in message
 
 
 def test_missing_message_names_the_environment_variable(tmp_path, monkeypatch):
     target = tmp_path / "from_env.h5"
     monkeypatch.setenv(config.CHEXNET_WEIGHTS_ENV_VAR, str(target))
     message = missing_weights_message(config.resolve_chexnet_weights())
-    assert f"${config.CHEXNET_WEIGHTS_ENV_VAR} points there" in message
+    _assert_one_paragraph(message)
+    assert f"(set by ${config.CHEXNET_WEIGHTS_ENV_VAR})" in message
     # The fix command then installs exactly there without needing --dest.
-    assert "--dest" not in message
+    assert "--dest" not in message and not any("--dest" in c for c in fix_commands())
+
+
+def test_paths_with_spaces_are_quoted_once(tmp_path, monkeypatch):
+    monkeypatch.delenv(config.CHEXNET_WEIGHTS_ENV_VAR, raising=False)
+    missing = tmp_path / "my weights" / "chexnet.h5"
+    message = missing_weights_message(missing)
+    _assert_one_paragraph(message)
+    assert f"--dest '{missing}'`" in message and message.count("'") == 4
 
 
 def test_unrecognised_files_are_refused(tmp_path):
@@ -288,7 +321,7 @@ def test_fetch_reports_unreachable_sources(tmp_path):
     assert not (tmp_path / "dest.h5").exists()
 
 
-def test_cli_check_fails_with_the_message_when_missing(tmp_path):
+def test_cli_check_fails_with_the_message_when_missing(tmp_path, monkeypatch):
     missing = tmp_path / "absent" / "chexnet.h5"
     env = {**os.environ, config.CHEXNET_WEIGHTS_ENV_VAR: str(missing), "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run(
@@ -300,7 +333,8 @@ def test_cli_check_fails_with_the_message_when_missing(tmp_path):
         timeout=120,
     )
     assert result.returncode != 0
-    assert "CheXNet weights are missing" in result.stderr and str(missing) in result.stderr
+    monkeypatch.setenv(config.CHEXNET_WEIGHTS_ENV_VAR, str(missing))
+    assert result.stderr.strip() == missing_weights_message(missing)
     assert FIX_COMMAND in result.stderr
 
 
