@@ -333,7 +333,7 @@ def measure_input_check(results: Results, predictor, images: ImageCycle, repeats
     # As in a request: the learned check's features come from the explainer's forward pass (already
     # paid for in the model's share), so only the guard's own work is timed here.
     features = []
-    for rgb, model_input in inputs:
+    for _, model_input in inputs:
         known = {}
         if guard is not None and predictor.loaded[guard.model_name].explainer.feature_layer:
             loaded = predictor.loaded[guard.model_name]

@@ -39,18 +39,26 @@ def load(run: Path) -> dict | None:
 def main() -> int:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/reproduce")
     rows = [r for r in (load(p) for p in sorted(root.iterdir()) if p.is_dir()) if r]
-    print("| run | protocol | lr | epoch kept | val loss | val acc | official acc | leakage-free acc | official macro-F1 | leakage-free macro-F1 |")
+    print(
+        "| run | protocol | lr | epoch kept | val loss | val acc | official acc | leakage-free acc "
+        "| official macro-F1 | leakage-free macro-F1 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['run']} | {r['protocol']} | {r['lr']:g} | {r['kept']} | {r['val_loss']:.4f} | {r['val_acc']:.3f} | "
-              f"{r['official']:.3f} | {r['clean']:.3f} | {r['official_f1']:.3f} | {r['clean_f1']:.3f} |")
+        print(
+            f"| {r['run']} | {r['protocol']} | {r['lr']:g} | {r['kept']} | {r['val_loss']:.4f} "
+            f"| {r['val_acc']:.3f} | {r['official']:.3f} | {r['clean']:.3f} | {r['official_f1']:.3f} "
+            f"| {r['clean_f1']:.3f} |"
+        )
     seeds = [r for r in rows if r["run"].startswith("seed")]
     if len(seeds) > 1:
         def ms(key):
             v = np.array([r[key] for r in seeds])
             return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
-        print(f"| mean ± sd over {len(seeds)} seeds | default | | | | {ms('val_acc')} | {ms('official')} | {ms('clean')} | "
-              f"{ms('official_f1')} | {ms('clean_f1')} |")
+        print(
+            f"| mean ± sd over {len(seeds)} seeds | default | | | | {ms('val_acc')} | {ms('official')} "
+            f"| {ms('clean')} | {ms('official_f1')} | {ms('clean_f1')} |"
+        )
         best = min(seeds, key=lambda r: r["val_loss"])
         print(f"\nlowest validation loss (the one to ship): {best['run']}")
     return 0

@@ -275,8 +275,8 @@ def main() -> int:
 def markdown_table(summary: dict, ranked: list[str], reference: str) -> str:
     """The README's table: one row per configuration, best (lowest OOF log loss) first."""
     lines = [
-        f"| configuration | OOF log loss | OOF accuracy | vs `{reference}`: log loss | vs `{reference}`: accuracy "
-        "| recall " + " / ".join(CLASS_NAMES) + " |",
+        f"| configuration | OOF log loss | OOF accuracy | vs `{reference}`: log loss "
+        f"| vs `{reference}`: accuracy | recall " + " / ".join(CLASS_NAMES) + " |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for name in ranked:
@@ -293,8 +293,8 @@ def markdown_table(summary: dict, ranked: list[str], reference: str) -> str:
             )
         )
         lines.append(
-            f"| `{name}` | {s['oof_log_loss_mean']:.3f} | {s['oof_accuracy_mean']:.3f} | {versus[0]} | {versus[1]} "
-            f"| {recall} |"
+            f"| `{name}` | {s['oof_log_loss_mean']:.3f} | {s['oof_accuracy_mean']:.3f} "
+            f"| {versus[0]} | {versus[1]} | {recall} |"
         )
     return "\n".join(lines)
 

@@ -212,7 +212,8 @@ def test_cross_validation_folds_partition_train_stratified_and_keep_duplicates_t
         assert sorted(train + val, key=lambda s: s.relpath) == sorted(train_all, key=lambda s: s.relpath)
         assert not set(train) & set(val)
         names = {s.path.name for s in val}
-        assert ("c0.png" in names) == ("c0_copy.png" in names) and ("n0.png" in names) == ("n0_jpeg.jpg" in names)
+        assert ("c0.png" in names) == ("c0_copy.png" in names)
+        assert ("n0.png" in names) == ("n0_jpeg.jpg" in names)
         # Stratified: 6 groups per class over 3 folds, 2 each.
         groups = Counter(s.label for s in val if s.path.name not in {"c0_copy.png", "n0_jpeg.jpg"})
         assert groups == {c: 2 for c in CLASS_NAMES}
@@ -239,13 +240,16 @@ def test_make_splits_cv_fold_is_that_fold(synth_module):
 
 
 def test_array_batches_match_the_tf_pipeline_contract():
-    """The any-backend input pipeline: every image once per epoch, reshuffled, normalised, augmented in range."""
+    """The any-backend input pipeline: every image once per epoch, reshuffled, normalised, augmented
+    in range."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(10, 32, 32, 3), dtype=np.uint8)
     images[:, 0, 0, 0] = np.arange(10)  # an id in one pixel
     labels = np.arange(10) % NUM_CLASSES
     one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
-    plain = data.ArrayBatches(images, one_hot, mode="unit", batch_size=4, shuffle=True, augmenter=None, seed=1)
+    plain = data.ArrayBatches(
+        images, one_hot, mode="unit", batch_size=4, shuffle=True, augmenter=None, seed=1
+    )
     assert len(plain) == 3
 
     def epoch_ids():
@@ -261,10 +265,14 @@ def test_array_batches_match_the_tf_pipeline_contract():
 
     first, second = epoch_ids(), epoch_ids()
     assert sorted(first) == sorted(second) == list(range(10)) and first != second
-    ordered = data.ArrayBatches(images, one_hot, mode="unit", batch_size=4, shuffle=False, augmenter=None, seed=1)
+    ordered = data.ArrayBatches(
+        images, one_hot, mode="unit", batch_size=4, shuffle=False, augmenter=None, seed=1
+    )
     np.testing.assert_allclose(ordered[0][0], images[:4] / 255.0, atol=1e-6)
-    augmented = data.ArrayBatches(images, one_hot, mode="unit", batch_size=10, shuffle=False,
-                                  augmenter=data.build_augmenter(zoom=0.3, rotation_degrees=30, seed=0), seed=1)
+    augmenter = data.build_augmenter(zoom=0.3, rotation_degrees=30, seed=0)
+    augmented = data.ArrayBatches(
+        images, one_hot, mode="unit", batch_size=10, shuffle=False, augmenter=augmenter, seed=1
+    )
     x, _ = augmented[0]
     assert x.shape == (10, 32, 32, 3) and 0.0 <= x.min() and x.max() <= 1.0
     assert not np.allclose(x, images / 255.0, atol=1e-3)
