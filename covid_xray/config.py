@@ -55,20 +55,69 @@ DATA_ENV_VAR = "COVID_XRAY_DATA"
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "Covid19-dataset"
 KAGGLE_DATASET = "pranavraikokte/covid19-image-dataset"
 
+# The expected per-class counts of the Kaggle split (a download is checked against them).
+EXPECTED_COUNTS: dict[str, dict[str, int]] = {
+    "train": {"Covid": 111, "Normal": 70, "Viral Pneumonia": 70},
+    "test": {"Covid": 26, "Normal": 20, "Viral Pneumonia": 20},
+}
+DATASET_FOLDER = "Covid19-dataset"
+
+# One cache folder for everything the app brings itself on first start (covid_xray.provision):
+# the dataset, the CheXNet base weights, the trained CheXNet head and its evaluation.
+HOME_ENV_VAR = "COVID_XRAY_HOME"
+# Hugging Face Spaces mount persistent storage at /data (when the Space has it).
+SPACES_PERSISTENT_DIR = Path("/data")
+
 CHEXNET_WEIGHTS_ENV_VAR = "COVID_XRAY_CHEXNET_WEIGHTS"
 DEFAULT_CHEXNET_WEIGHTS = CHECKPOINT_DIR / "chexnet_base.h5"
 # The public Keras port of CheXNet (brucechou1983/CheXNet-Keras, release 0.3.0).
 CHEXNET_WEIGHTS_FILENAME = "brucechou1983_CheXNet_Keras_0.3.0_weights.h5"
+# A Kaggle dataset that mirrors that file (the default source of first-start provisioning).
+CHEXNET_KAGGLE_DATASET = "sinamhd9/chexnet-weights"
+
+
+def resolve_home() -> Path:
+    """The cache folder: $COVID_XRAY_HOME, else /data/covid-xray when /data is writable (a Space's
+    persistent storage), else ~/.cache/covid-xray."""
+    env = os.environ.get(HOME_ENV_VAR)
+    if env:
+        return Path(env).expanduser().resolve()
+    if SPACES_PERSISTENT_DIR.is_dir() and os.access(SPACES_PERSISTENT_DIR, os.W_OK):
+        return SPACES_PERSISTENT_DIR / "covid-xray"
+    return Path.home() / ".cache" / "covid-xray"
+
+
+def home_data_dir() -> Path:
+    """Where first-start provisioning puts the dataset."""
+    return resolve_home() / DATASET_FOLDER
+
+
+def home_checkpoint_dir() -> Path:
+    """Where first-start provisioning puts checkpoints it trains (the CheXNet head)."""
+    return resolve_home() / "checkpoints"
+
+
+def home_reports_dir() -> Path:
+    """Where first-start provisioning puts the evaluation of what it trained."""
+    return resolve_home() / "reports"
+
+
+def home_chexnet_weights() -> Path:
+    """Where first-start provisioning puts the CheXNet base weights."""
+    return resolve_home() / "chexnet_base.h5"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """Return the dataset root: explicit argument, else $COVID_XRAY_DATA, else the download location."""
+    """Return the dataset root: explicit argument, else $COVID_XRAY_DATA, else data/Covid19-dataset
+    when it exists, else the cache's copy (`home_data_dir`)."""
     if data_dir:
         return Path(data_dir).expanduser().resolve()
     env = os.environ.get(DATA_ENV_VAR)
     if env:
         return Path(env).expanduser().resolve()
-    return DEFAULT_DATA_DIR
+    if DEFAULT_DATA_DIR.exists():
+        return DEFAULT_DATA_DIR
+    return home_data_dir()
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike | None = None) -> Path:
@@ -82,13 +131,16 @@ def resolve_reports_dir(path: str | os.PathLike | None = None) -> Path:
 
 
 def resolve_chexnet_weights(path: str | os.PathLike | None = None) -> Path:
-    """Return the CheXNet base weights path: argument, else $COVID_XRAY_CHEXNET_WEIGHTS, else checkpoints/."""
+    """Return the CheXNet base weights path: argument, else $COVID_XRAY_CHEXNET_WEIGHTS, else
+    checkpoints/chexnet_base.h5, else the cache's copy when only that exists."""
     if path:
         return Path(path).expanduser().resolve()
     env = os.environ.get(CHEXNET_WEIGHTS_ENV_VAR)
     if env:
         return Path(env).expanduser().resolve()
-    return DEFAULT_CHEXNET_WEIGHTS
+    if DEFAULT_CHEXNET_WEIGHTS.exists() or not home_chexnet_weights().exists():
+        return DEFAULT_CHEXNET_WEIGHTS
+    return home_chexnet_weights()
 
 
 # ---------------------------------------------------------------------------
@@ -111,12 +163,26 @@ class ModelSpec:
     scorecam_max_n: int = 16
 
     def checkpoint_path(self, checkpoint_dir: str | os.PathLike | None = None) -> Path:
-        """The model's `.keras` file (its JSON sidecar has the same stem)."""
-        return resolve_checkpoint_dir(checkpoint_dir) / f"{self.name}.keras"
+        """The model's `.keras` file (its JSON sidecar has the same stem).
+
+        In the checkpoint folder (`resolve_checkpoint_dir`); when the file is not there but the
+        cache holds one that first-start provisioning trained, that one.
+        """
+        path = resolve_checkpoint_dir(checkpoint_dir) / f"{self.name}.keras"
+        cached = home_checkpoint_dir() / path.name
+        return cached if not path.exists() and cached.exists() else path
 
     def report_dir(self, reports_dir: str | os.PathLike | None = None) -> Path:
-        """Folder of the model's evaluation outputs (metrics.json, predictions.csv, plots)."""
-        return resolve_reports_dir(reports_dir) / self.name
+        """Folder of the model's evaluation outputs (metrics.json, predictions.csv, plots).
+
+        In the reports folder (`resolve_reports_dir`); when that has no evaluation of the model but
+        the cache has one (written by first-start provisioning), the cache's.
+        """
+        path = resolve_reports_dir(reports_dir) / self.name
+        cached = home_reports_dir() / self.name
+        if not (path / "metrics.json").exists() and (cached / "metrics.json").exists():
+            return cached
+        return path
 
     def preprocessing_for(self, protocol: str = "default") -> str:
         if protocol not in PROTOCOLS:

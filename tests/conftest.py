@@ -6,11 +6,20 @@ Session-scoped fixtures are built once per test run, whichever modules use them.
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Hermetic runs: an empty provisioning cache of the test run's own (a developer's real cache never
+# stands in for a missing file), and no downloads unless a test points the app at a loopback server.
+_TEST_HOME = tempfile.mkdtemp(prefix="covid-xray-test-home-")
+atexit.register(shutil.rmtree, _TEST_HOME, ignore_errors=True)
+os.environ["COVID_XRAY_HOME"] = _TEST_HOME
+os.environ["COVID_XRAY_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 
