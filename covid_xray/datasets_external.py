@@ -73,9 +73,7 @@ def class_for_folder(name: str) -> str | None:
 
 
 def accepted_names_text() -> str:
-    return "; ".join(
-        f"{CLASS_DISPLAY_NAMES[c]}: {', '.join(ACCEPTED_NAMES[c])}" for c in CLASS_NAMES
-    )
+    return "; ".join(f"{CLASS_DISPLAY_NAMES[c]}: {', '.join(ACCEPTED_NAMES[c])}" for c in CLASS_NAMES)
 
 
 def _is_image(path: Path) -> bool:

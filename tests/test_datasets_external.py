@@ -16,10 +16,20 @@ from covid_xray.datasets_external import (
 @pytest.mark.parametrize(
     ("folder", "label"),
     [
-        ("COVID-19", "Covid"), ("covid", "Covid"), ("covid19", "Covid"), ("Covid_19", "Covid"),
-        ("SARS-CoV-2", "Covid"), ("normal", "Normal"), ("NORMAL", "Normal"), ("Healthy", "Normal"),
-        ("Pneumonia-Viral", "Viral Pneumonia"), ("viral_pneumonia", "Viral Pneumonia"),
-        ("Viral Pneumonia", "Viral Pneumonia"), ("pneumonia", None), ("bacterial", None), ("test", None),
+        ("COVID-19", "Covid"),
+        ("covid", "Covid"),
+        ("covid19", "Covid"),
+        ("Covid_19", "Covid"),
+        ("SARS-CoV-2", "Covid"),
+        ("normal", "Normal"),
+        ("NORMAL", "Normal"),
+        ("Healthy", "Normal"),
+        ("Pneumonia-Viral", "Viral Pneumonia"),
+        ("viral_pneumonia", "Viral Pneumonia"),
+        ("Viral Pneumonia", "Viral Pneumonia"),
+        ("pneumonia", None),
+        ("bacterial", None),
+        ("test", None),
     ],
 )
 def test_folder_names_map_case_insensitively(folder, label):
@@ -40,7 +50,9 @@ def test_discovery_lists_images_by_class_and_skips_hidden_and_non_images(tmp_pat
     (tmp_path / ".DS_Store").mkdir()
     images = discover_labelled_folder(tmp_path)
     assert [(im.relpath, im.label) for im in images] == [
-        ("COVID-19/c.jpeg", "Covid"), ("normal/b.png", "Normal"), ("normal/patient7/a.jpg", "Normal"),
+        ("COVID-19/c.jpeg", "Covid"),
+        ("normal/b.png", "Normal"),
+        ("normal/patient7/a.jpg", "Normal"),
     ]
     assert [im.label_index for im in images] == [0, 1, 1]
 
@@ -63,7 +75,9 @@ def test_groups_by_relpath_or_unique_name(tmp_path):
     csv_path = tmp_path / "g.csv"
     csv_path.write_text("File,Group\ncovid/x.png,site A\ny.png,site B\n")
     assert read_groups(csv_path, images) == {
-        "covid/x.png": "site A", "covid/y.png": "site B", "normal/x.png": UNGROUPED
+        "covid/x.png": "site A",
+        "covid/y.png": "site B",
+        "normal/x.png": UNGROUPED,
     }
     csv_path.write_text("file,group\nx.png,site A\n")  # x.png is in two folders: ambiguous
     with pytest.raises(LabelledFolderError, match="name no image"):
