@@ -3,7 +3,11 @@
 
 Defaults are the paper's recipe; every hyper-parameter is a flag. Uses a GPU when present
 (mixed precision there), several GPUs with `--strategy mirrored`, several hosts with
-`--strategy multiworker` and TF_CONFIG. Writes checkpoints/<model>.keras + .json + history.
+`--strategy multiworker` and TF_CONFIG.
+
+Each run writes its checkpoint (<model>.keras + .json sidecar + history) and logs into its own
+folder, runs/<model>-<time>/ (or --run-dir); it replaces the checkpoint the app serves only with
+--install (into $COVID_XRAY_CHECKPOINT_DIR, else checkpoints/) or an explicit --checkpoint-dir.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-lr", type=float, default=d.min_lr)
     p.add_argument("--patience", dest="early_stopping_patience", type=int, default=d.early_stopping_patience,
                    help="EarlyStopping patience (epochs without a lower validation loss)")
-    p.add_argument("--no-class-weights", dest="class_weights", action="store_false",
-                   help="disable sklearn 'balanced' class weights")
+    p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=d.class_weights,
+                   help="weight the loss by sklearn 'balanced' class weights")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="cross-entropy label smoothing (not in the paper)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="decoupled weight decay of Adam (not in the paper)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="validation share of train (default protocol)")
@@ -50,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zoom", type=float, default=d.zoom, help="augmentation: max zoom fraction")
     p.add_argument("--rotation", dest="rotation_degrees", type=float, default=d.rotation_degrees, help="augmentation: max rotation (degrees)")
     p.add_argument("--shear", type=float, default=d.shear, help="augmentation: max shear")
-    p.add_argument("--no-flip", dest="flip", action="store_false", help="augmentation: no horizontal flips")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=d.flip,
+                   help="augmentation: random horizontal flips")
     p.add_argument("--fine-tune", action="store_true", help="CheXNet: unfreeze DenseNet121 (full fine-tune, lower lr)")
     p.add_argument("--chexnet-weights", default=None, help="CheXNet base weights (else $COVID_XRAY_CHEXNET_WEIGHTS, else checkpoints/chexnet_base.h5)")
     p.add_argument("--feature-views", type=int, default=d.feature_views, help="CheXNet head: cached augmented views per image")
@@ -58,8 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", choices=("auto", "on", "off"), default=d.mixed_precision)
     p.add_argument("--logical-cpus", type=int, default=0, help="split the CPU into N logical devices (tests --strategy mirrored without GPUs)")
     p.add_argument("--max-per-class", type=int, default=0, help="use at most N images per class and split (quick smoke runs)")
-    p.add_argument("--checkpoint-dir", default=None, help="where to save (else $COVID_XRAY_CHECKPOINT_DIR, else checkpoints/)")
-    p.add_argument("--run-dir", default=None, help="CSV + TensorBoard logs (default runs/<model>-<time>)")
+    p.add_argument("--install", action="store_true",
+                   help="save the checkpoint where the app loads it: --checkpoint-dir, else $COVID_XRAY_CHECKPOINT_DIR, "
+                        "else checkpoints/ (replaces the model there)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="save the checkpoint in this folder instead of the run folder (installs it there)")
+    p.add_argument("--run-dir", default=None,
+                   help="run folder: logs, validation predictions, and the checkpoint unless installed; None = runs/<model>-<time>")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -72,8 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     from covid_xray.training import TrainConfig, train
     from covid_xray.weights import WeightsError
 
+    from covid_xray.config import resolve_checkpoint_dir
+
     values = vars(args).copy()
     values["verbose"] = 0 if values.pop("quiet") else 1
+    installed = values.pop("install") or args.checkpoint_dir is not None
+    values["checkpoint_dir"] = str(resolve_checkpoint_dir(args.checkpoint_dir)) if installed else None
     if values["learning_rate"] is None:
         values["learning_rate"] = 1e-4 if args.fine_tune else TrainConfig.learning_rate
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -91,8 +105,27 @@ def main(argv: list[str] | None = None) -> int:
         f"saved {result.checkpoint} (kept {kept['phase']} epoch {kept['epoch']}, "
         f"val_loss {kept['val_loss']:.4f}, val_accuracy {result.metadata['val_accuracy']:.4f})"
     )
-    print(f"next: python -m covid_xray.evaluate --model {cfg.model}")
+    print(next_hint(cfg.model, result.checkpoint, result.run_dir, installed))
     return 0
+
+
+def next_hint(model: str, checkpoint, run_dir, installed: bool) -> str:
+    """The "next:" lines: evaluate the checkpoint just saved, naming its folder; how to serve it."""
+    import shlex
+
+    from covid_xray.config import resolve_checkpoint_dir
+
+    serving = resolve_checkpoint_dir()
+    command = f"python -m covid_xray.evaluate --model {model} --checkpoint {shlex.quote(str(checkpoint))}"
+    if checkpoint.parent != serving:  # keep reports/<model>/ for the served model
+        command += f" --out {shlex.quote(str(checkpoint.parent / 'report'))}"
+    lines = [f"next: {command}"]
+    if not installed:
+        lines.append(
+            f"(saved in the run folder {run_dir}; the app still serves {serving / checkpoint.name}: "
+            "rerun with --install to train straight into it)"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

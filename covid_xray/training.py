@@ -17,6 +17,7 @@ import os
 import platform
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,10 @@ from covid_xray import config
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+
+# progress(stage, done, total): stage "features" counts images through the CheXNet base (done of
+# total), stage "epoch" counts epochs run over both phases (done of the maximum, epochs + augment_epochs).
+ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -61,13 +66,14 @@ class TrainConfig:
     fine_tune: bool = False
     chexnet_weights: str | None = None
     feature_views: int = 4  # augmented views per training image cached for the head
+    feature_cache_dir: str | None = None  # cached features; default $COVID_XRAY_CACHE, else ~/.cache/covid-xray
     # Infrastructure.
     strategy: str = "auto"
     mixed_precision: str = "auto"  # auto = on when a GPU is used
     logical_cpus: int = 0  # split the CPU into N logical devices (tests the multi-device path)
     max_per_class: int = 0  # 0 = all images; small numbers give quick smoke runs
-    checkpoint_dir: str | None = None
-    run_dir: str | None = None  # logs (CSV, TensorBoard); default runs/<model>-<time>
+    checkpoint_dir: str | None = None  # save <model>.keras + .json + history here; default: the run folder
+    run_dir: str | None = None  # logs (CSV, TensorBoard), val predictions; default runs/<model>-<time>
     verbose: int = 1
 
     def __post_init__(self) -> None:
@@ -91,11 +97,12 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a run produced: the checkpoint, its metadata, and the per-epoch history."""
+    """What a run produced: the checkpoint, its metadata, the per-epoch history and the run folder."""
 
     checkpoint: Path
     metadata: dict
     history: list[dict] = field(default_factory=list)
+    run_dir: Path | None = None  # the run's logs and validation predictions
 
 
 # ---------------------------------------------------------------------------
@@ -243,6 +250,16 @@ def _best_weights_callback():
     return KeepBestWeights
 
 
+def _epoch_progress_callback(progress: ProgressFn, done_before: int, total: int):
+    import keras
+
+    class EpochProgress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            progress("epoch", done_before + epoch + 1, total)
+
+    return EpochProgress()
+
+
 def _callbacks(cfg: TrainConfig, run_dir: Path, phase: str, best_so_far: float):
     import keras
 
@@ -282,10 +299,11 @@ def _history_rows(history, phase: str, lr_key: str = "learning_rate") -> list[di
 # ---------------------------------------------------------------------------
 # Training loops.
 # ---------------------------------------------------------------------------
-def _fit_phases(cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run_dir, strategy):
+def _fit_phases(cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run_dir, strategy, progress=None):
     """Run the plain phase then (optionally) the augmented phase; keep the best val-loss weights.
 
-    `model_fn` builds and compiles the model inside the strategy scope.
+    `model_fn` builds and compiles the model inside the strategy scope; `progress` (a ProgressFn)
+    hears of every epoch.
     Returns (model, history rows, kept dict(phase, epoch, val_loss)).
     """
     with strategy.scope():
@@ -298,6 +316,8 @@ def _fit_phases(cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run
     phases = [phase for phase in phases if phase[1] > 0]
     for phase, epochs, train_ds in phases:
         callbacks, keep_best = _callbacks(cfg, run_dir, phase, best)
+        if progress is not None:
+            callbacks.append(_epoch_progress_callback(progress, len(rows), cfg.epochs + cfg.augment_epochs))
         history = model.fit(
             train_ds,
             validation_data=val_ds,
@@ -353,7 +373,7 @@ def _augmenter(cfg: TrainConfig):
     )
 
 
-def _train_end_to_end(cfg, splits, arrays, class_weight, run_dir, strategy):
+def _train_end_to_end(cfg, splits, arrays, class_weight, run_dir, strategy, progress=None):
     """DavidNet, or CheXNet with an unfrozen base: the full model sees every batch."""
     from covid_xray import models
 
@@ -369,7 +389,7 @@ def _train_end_to_end(cfg, splits, arrays, class_weight, run_dir, strategy):
             model = models.build_chexnet(weights=_chexnet_weights_path(cfg), trainable_base=True)
         return _compile(model, cfg.learning_rate, cfg.label_smoothing, cfg.weight_decay)
 
-    return _fit_phases(cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run_dir, strategy)
+    return _fit_phases(cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run_dir, strategy, progress)
 
 
 def _chexnet_weights_path(cfg: TrainConfig) -> Path:
@@ -379,11 +399,14 @@ def _chexnet_weights_path(cfg: TrainConfig) -> Path:
     return require_chexnet_weights(cfg.chexnet_weights)
 
 
-def extract_features(base_model, images: np.ndarray, mode: str, batch_size: int = 32) -> np.ndarray:
+def extract_features(
+    base_model, images: np.ndarray, mode: str, batch_size: int = 32, on_batch: Callable[[int], None] | None = None
+) -> np.ndarray:
     """Globally pooled DenseNet121 features (N, 1024) of uint8 images, in batches.
 
     Global average pooling is the head's first operation and has no weights, so pooled
-    features are exactly what the head's dense layers see.
+    features are exactly what the head's dense layers see. `on_batch(n)` hears of each batch
+    of n images done.
     """
     import tensorflow as tf
 
@@ -393,6 +416,8 @@ def extract_features(base_model, images: np.ndarray, mode: str, batch_size: int 
     out = []
     for start in range(0, len(images), batch_size):
         out.append(pooled(normalize(images[start : start + batch_size], mode)).numpy())
+        if on_batch is not None:
+            on_batch(len(out[-1]))
     return np.concatenate(out) if out else np.zeros((0, 1024), np.float32)
 
 
@@ -421,8 +446,18 @@ def _feature_cache_key(cfg: TrainConfig, weights_sha: str, relpaths: list[str], 
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def feature_cache_dir(cfg: TrainConfig) -> Path:
+    """Where CheXNet features are cached: cfg.feature_cache_dir, else $COVID_XRAY_CACHE, else ~/.cache/covid-xray."""
+    default = os.environ.get("COVID_XRAY_CACHE") or Path.home() / ".cache" / "covid-xray"
+    return Path(cfg.feature_cache_dir or default).expanduser()
+
+
+def _cache_file(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"features_{key}.npy"
+
+
 def _cached_features(cache_dir: Path, key: str, compute) -> np.ndarray:
-    path = cache_dir / f"features_{key}.npy"
+    path = _cache_file(cache_dir, key)
     if path.exists():
         return np.load(path)
     feats = compute()
@@ -431,7 +466,7 @@ def _cached_features(cache_dir: Path, key: str, compute) -> np.ndarray:
     return feats
 
 
-def _train_chexnet_head(cfg, splits, arrays, class_weight, run_dir, strategy):
+def _train_chexnet_head(cfg, splits, arrays, class_weight, run_dir, strategy, progress=None):
     """CheXNet with a frozen base: train the head on cached pooled features, then assemble."""
     import keras
     import tensorflow as tf
@@ -443,16 +478,37 @@ def _train_chexnet_head(cfg, splits, arrays, class_weight, run_dir, strategy):
     full = models.build_chexnet(weights=weights_path, trainable_base=False)
     base = keras.Model(full.input, full.get_layer(config.get_model_spec("chexnet").gradcam_layer).output)
     weights_sha = sha256_file(weights_path)
-    cache_dir = Path(os.environ.get("COVID_XRAY_CACHE", Path.home() / ".cache" / "covid-xray"))
+    cache_dir = feature_cache_dir(cfg)
+
+    def key_of(split: str, augmented: bool) -> str:
+        names = [s.relpath for s in splits[split]]
+        return _feature_cache_key(cfg, weights_sha, names, f"{split}-{'aug' if augmented else 'plain'}")
+
+    # Progress counts the images that really go through the base (cached sets cost nothing).
+    jobs = [("train", False), ("val", False)] + ([("train", True)] if cfg.augment_epochs > 0 else [])
+    total = sum(
+        len(arrays[split][0]) * (cfg.feature_views if augmented else 1)
+        for split, augmented in jobs
+        if not _cache_file(cache_dir, key_of(split, augmented)).exists()
+    )
+    done = 0
+
+    def on_batch(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress("features", done, total)
 
     def feats(split: str, augmented: bool = False):
         images, labels = arrays[split]
-        names = [s.relpath for s in splits[split]]
-        key = _feature_cache_key(cfg, weights_sha, names, f"{split}-{'aug' if augmented else 'plain'}")
+        key = key_of(split, augmented)
         if augmented:
-            compute = lambda: extract_features(base, _augmented_views(images, cfg, cfg.feature_views), cfg.preprocessing)  # noqa: E731
+            compute = lambda: extract_features(  # noqa: E731
+                base, _augmented_views(images, cfg, cfg.feature_views), cfg.preprocessing, on_batch=on_batch
+            )
             return _cached_features(cache_dir, key, compute), np.tile(labels, cfg.feature_views)
-        return _cached_features(cache_dir, key, lambda: extract_features(base, images, cfg.preprocessing)), labels
+        compute = lambda: extract_features(base, images, cfg.preprocessing, on_batch=on_batch)  # noqa: E731
+        return _cached_features(cache_dir, key, compute), labels
 
     def head_ds(x, y, shuffle):
         ds = tf.data.Dataset.from_tensor_slices((x, keras.utils.to_categorical(y, config.NUM_CLASSES)))
@@ -477,7 +533,8 @@ def _train_chexnet_head(cfg, splits, arrays, class_weight, run_dir, strategy):
         return _compile(head, cfg.learning_rate, cfg.label_smoothing, cfg.weight_decay)
 
     head, rows, kept = _fit_phases(
-        cfg, head_fn, head_ds(x_tr, y_tr, True), train_aug, head_ds(x_va, y_va, False), class_weight, run_dir, strategy
+        cfg, head_fn, head_ds(x_tr, y_tr, True), train_aug, head_ds(x_va, y_va, False), class_weight, run_dir,
+        strategy, progress,
     )
     for name in ("head_dense", "predictions"):
         full.get_layer(name).set_weights(head.get_layer(name).get_weights())
@@ -528,8 +585,13 @@ def write_history(rows: list[dict], path: Path) -> None:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train one model end to end and save `checkpoints/<model>.keras` + JSON + history."""
+def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
+    """Train one model end to end; save `<model>.keras` + JSON sidecar + `<model>_history.csv`.
+
+    They go to `cfg.checkpoint_dir` when it is set, else into the run folder (`cfg.run_dir`, default
+    runs/<model>-<time>/), so a run never replaces the shipped checkpoints/ unless asked to.
+    `progress(stage, done, total)` (optional) hears of CheXNet feature extraction and each epoch.
+    """
     from covid_xray import data
     from covid_xray.checkpoints import save_checkpoint
 
@@ -540,6 +602,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     policy = configure_mixed_precision(cfg.mixed_precision)
     strategy = make_strategy(cfg.strategy, cfg.logical_cpus)
     run_dir = Path(cfg.run_dir or config.PROJECT_ROOT / "runs" / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = run_dir.expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
 
     splits = data.make_splits(
@@ -554,9 +617,9 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     t0 = time.perf_counter()
     if cfg.model == "chexnet" and not cfg.fine_tune:
-        model, rows, kept = _train_chexnet_head(cfg, splits, arrays, class_weight, run_dir, strategy)
+        model, rows, kept = _train_chexnet_head(cfg, splits, arrays, class_weight, run_dir, strategy, progress)
     else:
-        model, rows, kept = _train_end_to_end(cfg, splits, arrays, class_weight, run_dir, strategy)
+        model, rows, kept = _train_end_to_end(cfg, splits, arrays, class_weight, run_dir, strategy, progress)
     train_seconds = time.perf_counter() - t0
 
     # Validation metrics of the kept weights, for the record (never the test split here).
@@ -590,13 +653,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         from covid_xray.checkpoints import sha256_file
 
         metadata["chexnet_base_sha256"] = sha256_file(_chexnet_weights_path(cfg))
-    spec = config.get_model_spec(cfg.model)
-    checkpoint = spec.checkpoint_path(cfg.checkpoint_dir)
+    checkpoint = config.get_model_spec(cfg.model).checkpoint_path(cfg.checkpoint_dir or run_dir)
     record = save_checkpoint(model, checkpoint, metadata)
     write_history(rows, checkpoint.with_name(f"{cfg.model}_history.csv"))
     write_history(rows, run_dir / "history.csv")
     log.info("saved %s (kept %s epoch %s, val acc %.3f)", checkpoint, kept["phase"], kept["epoch"], val_acc)
-    return TrainResult(checkpoint=checkpoint, metadata=record, history=rows)
+    return TrainResult(checkpoint=checkpoint, metadata=record, history=rows, run_dir=run_dir)
 
 
 def _selection(cfg: TrainConfig) -> str:

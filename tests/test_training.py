@@ -338,3 +338,106 @@ def test_cli_rejects_inconsistent_flags_with_a_message(capsys):
     with pytest.raises(SystemExit):
         train.main(["--epochs", "0", "--augment-epochs", "0"])
     assert "at least one epoch" in capsys.readouterr().err
+
+
+def test_help_names_boolean_flags_by_what_they_turn_on():
+    """`--no-flip ... (default: True)` read inverted; each switch now shows both forms and the default."""
+    sys.path.insert(0, str(PROJECT_ROOT))
+    import train
+
+    parser = train.build_parser()
+    text = " ".join(parser.format_help().split())
+    for flag in ("class-weights", "flip"):
+        assert f"--{flag}, --no-{flag}" in text
+        assert f"--no-{flag} (default" not in text  # the negative form never carries the default alone
+    assert parser.parse_args([]).class_weights is True and parser.parse_args([]).flip is True
+    args = parser.parse_args(["--no-class-weights", "--no-flip"])
+    assert args.class_weights is False and args.flip is False
+
+
+def _sha(path: Path) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def test_plain_cli_run_leaves_the_shipped_checkpoint_alone(tmp_path, data_dir, monkeypatch, capsys):
+    """`python train.py` saves into its run folder and says so; only --install/--checkpoint-dir replace."""
+    sys.path.insert(0, str(PROJECT_ROOT))
+    import train
+
+    from covid_xray.config import resolve_checkpoint_dir
+
+    monkeypatch.delenv("COVID_XRAY_CHECKPOINT_DIR", raising=False)
+    shipped = resolve_checkpoint_dir() / "davidnet.keras"
+    before = (_sha(shipped), _sha(shipped.with_suffix(".json")), _sha(shipped.with_name("davidnet_history.csv")))
+    run = tmp_path / "run"
+    assert train.main(["--model", "davidnet", *TINY, "--augment-epochs", "0", "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    after = (_sha(shipped), _sha(shipped.with_suffix(".json")), _sha(shipped.with_name("davidnet_history.csv")))
+    assert after == before
+    for name in ("davidnet.keras", "davidnet.json", "davidnet_history.csv", "history.csv", "val_predictions.csv"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "davidnet.json").read_text())["checkpoint"] == "davidnet.keras"
+    # The hint evaluates the run's own checkpoint into the run folder, not over reports/davidnet/.
+    next_line = next(line for line in out.splitlines() if line.startswith("next:"))
+    assert f"--checkpoint {run / 'davidnet.keras'}" in next_line and f"--out {run / 'report'}" in next_line
+    assert "--install" in out
+
+
+def test_next_hint_names_the_folder_it_saved_to(tmp_path):
+    sys.path.insert(0, str(PROJECT_ROOT))
+    import train
+
+    from covid_xray.config import resolve_checkpoint_dir
+
+    custom = train.next_hint("davidnet", tmp_path / "ckpt" / "davidnet.keras", tmp_path / "run", installed=True)
+    assert f"--checkpoint {tmp_path / 'ckpt' / 'davidnet.keras'} --out {tmp_path / 'ckpt' / 'report'}" in custom
+    assert "run folder" not in custom
+    served = resolve_checkpoint_dir() / "davidnet.keras"
+    installed = train.next_hint("davidnet", served, tmp_path / "run", installed=True)
+    assert installed == f"next: python -m covid_xray.evaluate --model davidnet --checkpoint {served}"
+
+
+def test_programmatic_train_saves_where_asked_and_reports_progress(tmp_path, data_dir):
+    """training.train(TrainConfig(checkpoint_dir=...), progress=...) as first-start provisioning calls it."""
+    from covid_xray.training import train
+
+    calls = []
+    cfg = TrainConfig(
+        model="davidnet", data_dir=str(data_dir), epochs=2, augment_epochs=1, max_per_class=4, batch_size=8,
+        early_stopping_patience=5, checkpoint_dir=str(tmp_path / "ckpt"), run_dir=str(tmp_path / "run"), verbose=0,
+    )
+    result = train(cfg, progress=lambda stage, done, total: calls.append((stage, done, total)))
+    assert result.checkpoint == tmp_path / "ckpt" / "davidnet.keras" and result.checkpoint.exists()
+    assert result.run_dir == tmp_path / "run" and (tmp_path / "run" / "val_predictions.csv").exists()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "davidnet.json", "davidnet.keras", "davidnet_history.csv"
+    ]
+    assert calls == [("epoch", 1, 3), ("epoch", 2, 3), ("epoch", 3, 3)]
+
+
+@pytest.mark.slow
+def test_chexnet_head_reports_feature_progress_into_the_configured_cache(tmp_path, data_dir):
+    from covid_xray.training import train
+    from tests.chexnet_fixtures import write_keras2_chexnet_weights
+
+    weights = tmp_path / "chexnet_base.h5"
+    write_keras2_chexnet_weights(weights, seed=0)
+    cfg = TrainConfig(
+        model="chexnet", data_dir=str(data_dir), epochs=1, augment_epochs=1, max_per_class=2, batch_size=8,
+        feature_views=2, chexnet_weights=str(weights), checkpoint_dir=str(tmp_path / "ckpt"),
+        run_dir=str(tmp_path / "run"), feature_cache_dir=str(tmp_path / "features"), verbose=0,
+    )
+    calls = []
+    train(cfg, progress=lambda stage, done, total: calls.append((stage, done, total)))
+    features = [c for c in calls if c[0] == "features"]
+    # 6 train + 6 val images, plus 2 augmented views of the 6 train images.
+    assert features[-1] == ("features", 24, 24) and all(t == 24 for _, _, t in features)
+    assert len(list((tmp_path / "features").glob("features_*.npy"))) == 3
+    assert [c for c in calls if c[0] == "epoch"][-1][2] == 2
+    assert (tmp_path / "ckpt" / "chexnet.keras").exists()
+    # A second run reads the cache: no image goes through the base again.
+    calls.clear()
+    train(cfg, progress=lambda stage, done, total: calls.append((stage, done, total)))
+    assert not [c for c in calls if c[0] == "features"]
