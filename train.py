@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import covid_xray  # noqa: F401  (first: quiets TensorFlow's start-up on machines without a GPU)
 
 
 def build_parser() -> argparse.ArgumentParser:
