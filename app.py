@@ -2,15 +2,18 @@
 
     python app.py        # serves on $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT (default 127.0.0.1:7860)
 
-This file only lays out the UI and wires events; predictions and explanations come from
-`covid_xray.inference.Predictor`, everything read from disk from `covid_xray.report`.
-Importing it loads no model: `create_app()` (or `build_demo(predictor)` in tests) does.
+This file only lays out the UI and wires events. The page is served at once; models load, and
+first-start provisioning brings what is missing, in the background (`covid_xray.runtime`), and a
+`gr.Timer` brings each change to the page without a reload. Predictions and explanations come
+from `covid_xray.inference.Predictor`, everything read from disk from `covid_xray.report`.
+Importing this file loads no model: `create_app()` (or `build_demo(runtime)` in tests) does.
 
 API: `predict` takes one image file (JPEG, PNG, ..., DICOM) and returns JSON
 `{"davidnet": {"available": true, "prediction": "Covid", "probabilities": {...}},
-"chexnet": {"available": false, "message": "..."},
+"chexnet": {"available": false, "state": "preparing", "message": "...", "detail": "..."},
 "input_check": {"is_xray_likely": false, "warnings": ["The image is in colour ..."]}}`;
-`input_check` is the OOD guard (`covid_xray.ood`): it warns, it never refuses an image.
+`message` is for people, `detail` for operators (no server paths in either); `input_check` is the
+OOD guard (`covid_xray.ood`): it warns, it never refuses an image.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import gradio as gr
 
@@ -30,10 +34,9 @@ from covid_xray.inference import (
     DEFAULT_METHOD,
     METHOD_DISPLAY_NAMES,
     PredictionResult,
-    Predictor,
-    configure_cpu_threads,
-    unavailable_markdown,
+    detail_markdown,
 )
+from covid_xray.runtime import READY, AppRuntime
 
 logger = logging.getLogger("covid_xray.app")
 
@@ -43,20 +46,32 @@ NOTICE = (
     "of a small public dataset with known shortcuts (children vs adults, duplicated images); do not "
     "use their output for any decision about a patient."
 )
+PAPER_URL = "https://arxiv.org/abs/2004.05138"
+DATASET_URL = "https://www.kaggle.com/datasets/pranavraikokte/covid19-image-dataset"
+CHEXNET_URL = "https://stanfordmlgroup.github.io/projects/chexnet/"
 ABOUT_MARKDOWN = (
     "## About\n\n"
     "Two TensorFlow models classify a frontal chest X-ray as Normal, Viral Pneumonia or COVID-19, as in "
-    "*Convolutional Neural Networks for COVID-19 Diagnosis*: **DavidNet**, the paper's small CNN "
-    "(5,575,011 parameters), and **CheXNet**, DenseNet121 with chest X-ray weights and a small trained "
-    "head. Heatmaps (Grad-CAM, Grad-CAM++, Score-CAM) show which pixels raised the predicted class's "
-    "score. A model's probabilities are calibrated by temperature scaling fitted on its validation "
-    "split when that split can identify a temperature, and are labelled \"calibrated\" then; otherwise "
-    "they are the model's raw softmax, labelled \"raw\" (the Model report says why). The API returns "
-    "both. Every number on the Model report tab comes from a command "
-    "in the project's README that anyone can rerun.\n\n"
+    f"[*Convolutional Neural Networks for COVID-19 Diagnosis*]({PAPER_URL}), trained on the "
+    f"[Kaggle COVID-19 image dataset]({DATASET_URL}) (317 images):\n\n"
+    "- **DavidNet** is the paper's small CNN (5,575,011 parameters), trained from scratch here on the "
+    "251 training images. It is fast and small, and has seen nothing but this dataset.\n"
+    f"- **CheXNet** is DenseNet121 carrying the [CheXNet]({CHEXNET_URL}) weights (trained on 112,120 "
+    "chest X-rays of ChestX-ray14 for 14 findings), with a small head trained here for the three classes.\n\n"
+    "Heatmaps (Grad-CAM, Grad-CAM++, Score-CAM) show where the model looked: red marks the pixels with "
+    "the most influence on the class shown, which is not always the disease (text markers and the "
+    "image border are common shortcuts). A model's probabilities are calibrated by temperature "
+    "scaling when its validation data can identify a temperature, and are labelled \"calibrated\" "
+    "then; otherwise they are the model's raw softmax, labelled \"raw\" (the Model report says why). "
+    "Every number on the Model report tab comes from a command in the project's README that anyone "
+    "can rerun.\n\n"
     "**For research and teaching only. Not for diagnosis.**"
 )
+HEATMAP_LABEL = "Heatmap: where the model looked (red = most influence on this class)"
+OPERATOR_LABEL = "For the server's operator"
 ANY = "Any"
+# Seconds between two looks at the runtime's state (models loading, first-start provisioning).
+STATUS_POLL_S = 1.0
 # Models with a queue of their own would compete for the 2 vCPUs: every event that runs a model
 # shares this concurrency group, so requests take turns (limit set in `launch`).
 MODEL_QUEUE = "models"
@@ -64,7 +79,7 @@ CONCURRENCY_LIMIT = int(os.environ.get("COVID_XRAY_CONCURRENCY", "1"))
 QUIZ_INTRO = (
     "**For radiology students.** Look at a test X-ray and choose Normal, Viral Pneumonia or COVID-19; "
     "then see the truth and what DavidNet and CheXNet say, with their heatmaps. Hard cases are the "
-    "test images an installed model got wrong in the committed evaluation. The score is kept for "
+    "test images an installed model got wrong in the evaluation. The score is kept for "
     "this browser session only: nothing about you is stored."
 )
 # Outputs of the quiz handlers: state, status, image, reveal, (summary, label, overlay) per model,
@@ -75,6 +90,12 @@ N_QUIZ_OUTPUTS = 4 + 3 * len(MODELS) + 1 + len(CLASS_NAMES) + 1
 # ---------------------------------------------------------------------------
 # Handlers: translate between component values and the package (no logic of their own).
 # ---------------------------------------------------------------------------
+def probabilities_label(temperature: float | None) -> str:
+    if temperature is None:
+        return "Class probabilities (raw softmax, uncalibrated)"
+    return f"Class probabilities (calibrated, temperature {temperature:.2f})"
+
+
 def prediction_values(result: PredictionResult | None) -> list:
     """Values for [per model: summary, label, overlay] (all empty when `result` is None)."""
     values = []
@@ -93,31 +114,26 @@ def input_check_markdown(result: PredictionResult | None) -> str:
     return check.summary_markdown() if check is not None else ""
 
 
-def diagnose(predictor: Predictor, source, method: str, alpha: float, answer: str = "") -> list:
-    """Values for [status, preview, (summary, label, overlay) per model, answer, api json]."""
-    return diagnose_checked(predictor, source, method, alpha, answer)[:-1]
-
-
-def diagnose_checked(predictor: Predictor, source, method: str, alpha: float, answer: str = "") -> list:
-    """`diagnose`'s values, then the input-check warning (`input_check_markdown`)."""
+def diagnose(runtime: AppRuntime, source, method: str, alpha: float, answer: str = "") -> list:
+    """Values for [status, preview, (summary, label, overlay) per model, answer, api json, input check]."""
     if not source:
         return ["", None, *prediction_values(None), "", None, ""]
     try:
-        result = predictor.predict(source, method=method, alpha=alpha)
+        result = runtime.predictor.predict(source, method=method, alpha=alpha)
     except ImageDecodeError as exc:
-        gr.Warning(str(exc))
+        # Said once, inline, where the upload is; no toast that outlives the next upload.
         return [f"**Could not read this file.** {exc}", None, *prediction_values(None), "", None, ""]
     return [
         "",
         result.image,
         *prediction_values(result),
         answer,
-        result.to_api_json(),
+        runtime.api_json(result),
         input_check_markdown(result),
     ]
 
 
-def api_predict(predictor: Predictor, image) -> dict:
+def api_predict(runtime: AppRuntime, image) -> dict:
     """The `predict` endpoint: one image file in, every model's probabilities out (JSON)."""
     # A bad upload is the caller's mistake, not the server's: one log line, no traceback.
     if not image:
@@ -126,7 +142,7 @@ def api_predict(predictor: Predictor, image) -> dict:
             print_exception=False,
         )
     try:
-        return predictor.predict(image, method=None).to_api_json()
+        return runtime.api_json(runtime.predictor.predict(image, method=None))
     except ImageDecodeError as exc:
         logger.info("predict: refused an upload (%s): %s", exc.reason, exc)
         raise gr.Error(str(exc), print_exception=False) from exc
@@ -149,9 +165,9 @@ def refresh_gallery(name, true_class, predicted_class, subset, mode, reports_dir
             mode=mode,
             reports_dir=reports_dir,
         )
-    except report.ReportError as exc:  # a broken committed file must not take the app down
+    except report.ReportError as exc:  # a broken report file must not take the app down
         logger.error("Error gallery unavailable: %s", exc)
-        return [[], [], f"**Cannot read the evaluation outputs:** {exc}"]
+        return [[], [], "The evaluation outputs on this server cannot be read, so the gallery is empty."]
     items, shown = (
         report.gallery_items(cases, name, data_dir) if report.data_available(data_dir) else ([], [])
     )
@@ -159,14 +175,12 @@ def refresh_gallery(name, true_class, predicted_class, subset, mode, reports_dir
     return [items, shown, status]
 
 
-def open_case(
-    predictor: Predictor, cases: list, index: int, method: str, alpha: float, data_dir=None
-) -> list:
+def open_case(runtime: AppRuntime, cases: list, index: int, method: str, alpha: float, data_dir=None) -> list:
     """Values for [details, large image, (summary, label, overlay) per model] of one gallery case."""
     case = cases[index]
     path = report.resolve_dataset_file(case.file, data_dir)
     try:
-        result = predictor.predict(str(path), method=method, alpha=alpha)
+        result = runtime.predictor.predict(str(path), method=method, alpha=alpha)
     except (OSError, ImageDecodeError) as exc:
         raise gr.Error(f"Cannot open {case.file}: {exc}") from exc
     return [case.details_markdown(), result.image, *prediction_values(result)]
@@ -183,7 +197,7 @@ def quiz_controls(state: quiz.QuizState | None) -> list:
 def _quiz_refused(exc: quiz.QuizError, warn: bool) -> list:
     """Quiz values when a step is refused: the reason in the status line, everything else unchanged."""
     if warn:
-        gr.Warning(str(exc))
+        gr.Warning(str(exc), duration=5)
     return [gr.skip(), str(exc), *[gr.skip()] * (N_QUIZ_OUTPUTS - 2)]
 
 
@@ -212,12 +226,12 @@ def quiz_start(mode: str, models, seed: int | None = None, data_dir=None, report
     return _quiz_question_values(state, image)
 
 
-def quiz_answer(predictor: Predictor, state: quiz.QuizState | None, choice: str, data_dir=None) -> list:
+def quiz_answer(runtime: AppRuntime, state: quiz.QuizState | None, choice: str, data_dir=None) -> list:
     """The quiz outputs after the student picks `choice`: both models' live answers and heatmaps."""
     try:
         quiz.ensure_asking(state)
         path = quiz.question_path(state.current, data_dir)
-        result = predictor.predict(str(path), method=DEFAULT_METHOD, alpha=DEFAULT_ALPHA)
+        result = runtime.predictor.predict(str(path), method=DEFAULT_METHOD, alpha=DEFAULT_ALPHA)
         predictions = {n: p.predicted if p.available else None for n, p in result.models.items()}
         state = quiz.answer(state, choice, predictions)
     except quiz.QuizError as exc:
@@ -247,41 +261,197 @@ def quiz_next(state: quiz.QuizState | None, data_dir=None) -> list:
 
 
 # ---------------------------------------------------------------------------
-# Layout.
+# Parts of the page that follow the runtime (models loading, first-start provisioning).
 # ---------------------------------------------------------------------------
-def _model_columns(predictor: Predictor, prefix: str) -> list[gr.components.Component]:
-    """One column per model (side by side): summary, probabilities, heatmap overlay.
+class ModelColumn(NamedTuple):
+    """One model's column: a visitor's line and the operator's detail while it has no answer,
+    then its summary, probabilities and heatmap."""
 
-    A model that is not installed gets a panel saying what is missing instead of its outputs.
-    """
-    outputs = []
+    name: str
+    message: gr.Markdown
+    operator: gr.Accordion
+    detail: gr.Markdown
+    summary: gr.Markdown
+    label: gr.Label
+    overlay: gr.Image
+
+    @property
+    def outputs(self) -> list:
+        """What a prediction fills."""
+        return [self.summary, self.label, self.overlay]
+
+    @property
+    def state_outputs(self) -> list:
+        """What the runtime's state changes."""
+        return [self.message, self.operator, self.detail, self.summary, self.label, self.overlay]
+
+
+def column_key(runtime: AppRuntime, name: str) -> tuple:
+    return (runtime.model_state(name), runtime.model_message(name), runtime.model_detail(name))
+
+
+def column_updates(runtime: AppRuntime, name: str) -> list:
+    """Updates for `ModelColumn.state_outputs` from the runtime's state of `name`."""
+    if runtime.model_state(name) == READY:
+        temperature = runtime.predictor.loaded[name].temperature
+        return [
+            gr.update(value="", visible=False),
+            gr.update(visible=False),
+            gr.update(value=""),
+            gr.update(visible=True),
+            gr.update(visible=True, label=probabilities_label(temperature)),
+            gr.update(visible=True),
+        ]
+    detail = runtime.model_detail(name)
+    return [
+        gr.update(value=runtime.model_message(name), visible=True),
+        gr.update(visible=bool(detail)),
+        gr.update(value=detail_markdown(detail)),
+        gr.update(visible=False),
+        gr.update(visible=False),
+        gr.update(visible=False),
+    ]
+
+
+def _model_columns(runtime: AppRuntime, prefix: str) -> list[ModelColumn]:
+    """One column per model (side by side), laid out for its current state."""
+    columns = []
     with gr.Row(equal_height=False):
         for name, spec in MODELS.items():
-            available = predictor.is_available(name)
+            updates = column_updates(runtime, name)
+            kwargs = [u if isinstance(u, dict) else {} for u in updates]
             with gr.Column(elem_id=f"{prefix}-{name}"):
                 gr.Markdown(f"### {spec.display_name}")
-                if not available:
-                    gr.Markdown(
-                        unavailable_markdown(spec.display_name, predictor.status_message(name)),
-                        elem_id=f"{prefix}-{name}-missing",
-                    )
-                summary = gr.Markdown(visible=available, elem_id=f"{prefix}-{name}-summary")
-                temperature = predictor.loaded[name].temperature if available else None
+                message = gr.Markdown(elem_id=f"{prefix}-{name}-missing", **_strip(kwargs[0]))
+                with gr.Accordion(OPERATOR_LABEL, open=False, **_strip(kwargs[1])) as operator:
+                    detail = gr.Markdown(**_strip(kwargs[2]))
+                summary = gr.Markdown(elem_id=f"{prefix}-{name}-summary", **_strip(kwargs[3]))
                 label = gr.Label(
                     num_top_classes=len(CLASS_NAMES),
-                    label="Class probabilities"
-                    + (" (raw softmax, uncalibrated)" if temperature is None else f" (calibrated, temperature {temperature:.2f})"),
-                    visible=available,
+                    **({"label": probabilities_label(None)} | _strip(kwargs[4])),
                 )
                 overlay = gr.Image(
-                    label="Heatmap over the X-ray (red: strongest evidence)",
+                    label=HEATMAP_LABEL,
                     interactive=False,
-                    visible=available,
                     elem_id=f"{prefix}-{name}-overlay",
                     height=380,
+                    **_strip(kwargs[5]),
                 )
-                outputs += [summary, label, overlay]
-    return outputs
+            columns.append(ModelColumn(name, message, operator, detail, summary, label, overlay))
+    return columns
+
+
+def _strip(update: dict) -> dict:
+    """A `gr.update` dict as constructor keyword arguments."""
+    return {k: v for k, v in update.items() if k != "__type__"}
+
+
+def about_state_markdown(runtime: AppRuntime, reports_dir=None, data_dir=None) -> str:
+    """The About tab's line per model: what this server has right now."""
+    lines = ["**On this server now:**"]
+    for name, spec in MODELS.items():
+        state = runtime.model_state(name)
+        if state == READY:
+            metrics = report.load_metrics(name, reports_dir) or {}
+            official = ((metrics.get("subsets") or {}).get("official") or {}).get("accuracy")
+            score = f", {official:.1%} accuracy on the official test set" if isinstance(official, float) else ""
+            lines.append(f"- {spec.display_name}: ready{score}.")
+        else:
+            lines.append(f"- {spec.display_name}: {runtime.model_message(name)}")
+    data = runtime.dataset_message(data_dir)
+    lines.append(f"- Test images: {data or 'available (examples, gallery and quiz).'}")
+    return "\n".join(lines)
+
+
+class ReportPanel(NamedTuple):
+    """One model's part of the Model report tab (filled from its evaluation outputs)."""
+
+    name: str
+    metrics: gr.Markdown
+    operator: gr.Accordion
+    detail: gr.Markdown
+    confusion: tuple
+    history: gr.Plot
+    calibration: gr.Markdown
+    reliability: gr.Image
+    faithfulness: gr.Markdown
+    faithfulness_image: gr.Image
+
+    @property
+    def outputs(self) -> list:
+        return [
+            self.metrics, self.operator, self.detail, *self.confusion, self.history,
+            self.calibration, self.reliability, self.faithfulness, self.faithfulness_image,
+        ]
+
+
+def report_key(name: str, reports_dir=None) -> tuple:
+    """Changes when the model's evaluation outputs change (they appear after first-start training)."""
+    folder = MODELS[name].report_dir(reports_dir)
+    return (str(folder), report._stamp(folder / "metrics.json"))
+
+
+def _image_update(path: Path | None) -> dict:
+    image = report.load_png(path)
+    return gr.update(value=image, visible=image is not None)
+
+
+def report_updates(name: str, reports_dir=None) -> list:
+    """Updates for `ReportPanel.outputs`: the evaluation when there is one, else one line and the
+    operator's command."""
+    evaluated = report.load_metrics(name, reports_dir) is not None
+    confusion = []
+    for subset in report.SUBSET_TITLES:
+        image = report.load_confusion_image(name, subset, reports_dir)
+        confusion.append(gr.update(value=image, visible=image is not None))
+    figure = report.plot_history(name, reports_dir) if evaluated else None
+    detail = (
+        ""
+        if evaluated
+        else f"Evaluate it once it is installed (it is trained first):\n    {report.EVALUATE_COMMAND.format(name=name)}"
+    )
+    if evaluated:
+        extras = [
+            gr.update(value=calibration.calibration_markdown(name, reports_dir), visible=True),
+            _image_update(calibration.reliability_image_path(name, reports_dir)),
+            gr.update(value=explain_eval.faithfulness_markdown(name, reports_dir), visible=True),
+            _image_update(explain_eval.faithfulness_image_path(name, reports_dir)),
+        ]
+    else:
+        extras = [gr.update(visible=False)] * 4
+    return [
+        gr.update(value=report.metrics_markdown(name, reports_dir)),
+        gr.update(visible=bool(detail)),
+        gr.update(value=detail_markdown(detail)),
+        *confusion,
+        gr.update(value=figure, visible=figure is not None),
+        *extras,
+    ]
+
+
+def _report_panel(name: str, reports_dir=None) -> ReportPanel:
+    updates = [_strip(u) for u in report_updates(name, reports_dir)]
+    metrics = gr.Markdown(elem_id=f"report-{name}-metrics", **updates[0])
+    with gr.Accordion(OPERATOR_LABEL, open=False, **updates[1]) as operator:
+        detail = gr.Markdown(**updates[2])
+    confusion = []
+    with gr.Row():
+        for offset, title in enumerate(report.SUBSET_TITLES.values()):
+            confusion.append(
+                gr.Image(label=f"Confusion matrix, {title.lower()}", interactive=False, **updates[3 + offset])
+            )
+    n = 3 + len(confusion)
+    history = gr.Plot(label="Training curves", **updates[n])
+    calib = gr.Markdown(elem_id=f"calibration-{name}", **updates[n + 1])
+    reliability = gr.Image(label="Reliability diagram", interactive=False, buttons=["fullscreen"], **updates[n + 2])
+    faith = gr.Markdown(elem_id=f"faithfulness-{name}", **updates[n + 3])
+    faith_image = gr.Image(
+        label="Heatmap faithfulness: deletion test and border mass",
+        interactive=False,
+        buttons=["fullscreen"],
+        **updates[n + 4],
+    )
+    return ReportPanel(name, metrics, operator, detail, tuple(confusion), history, calib, reliability, faith, faith_image)
 
 
 def _explain_controls() -> tuple[gr.Radio, gr.Slider]:
@@ -295,27 +465,56 @@ def _explain_controls() -> tuple[gr.Radio, gr.Slider]:
     return method, alpha
 
 
+# ---------------------------------------------------------------------------
+# Layout.
+# ---------------------------------------------------------------------------
 def build_demo(
-    predictor: Predictor,
+    runtime: AppRuntime,
     *,
     reports_dir: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
     examples_file: str | os.PathLike | None = None,
 ) -> gr.Blocks:
-    """Lay out the five tabs and wire their events to `predictor` and `covid_xray.report`."""
-    have_data = report.data_available(data_dir)
+    """Lay out the five tabs and wire their events to `runtime` and `covid_xray.report`."""
     try:
         examples = report.load_examples(examples_file)
     except report.ReportError as exc:  # a broken committed file must not take the app down
         logger.error("Examples unavailable: %s", exc)
         examples = ()
-    example_items = report.example_gallery(examples, data_dir) if have_data else []
     model_choices = [(spec.display_name, name) for name, spec in MODELS.items()]
     class_choices = [ANY, *[(CLASS_DISPLAY_NAMES[c], c) for c in CLASS_NAMES]]
+
+    def data_ready() -> bool:
+        return report.data_available(data_dir)
+
+    def example_items() -> list:
+        return report.example_gallery(examples, data_dir) if data_ready() else []
+
+    def dataset_line() -> str:
+        return runtime.dataset_message(data_dir)
+
+    # What each part of the page that follows the runtime depends on (see `on_tick`).
+    keys = {
+        "status": runtime.status_line,
+        **{f"model-{name}": (lambda name=name: column_key(runtime, name)) for name in MODELS},
+        "data": lambda: (data_ready(), dataset_line()),
+        **{f"report-{name}": (lambda name=name: report_key(name, reports_dir)) for name in MODELS},
+        "teaching": lambda: (
+            about_state_markdown(runtime, reports_dir, data_dir),
+            *[report_key(n, reports_dir) for n in MODELS],
+        ),
+    }
+    # Read before the components take their first values: a change in between reaches the page
+    # with the first tick.
+    built = {name: key() for name, key in keys.items()}
 
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}")
         gr.Markdown(NOTICE, elem_id="notice")
+        status_line = gr.Markdown(runtime.status_line(), elem_id="status-line")
+        timer = gr.Timer(STATUS_POLL_S)
+        # Per browser session: what the page last showed of the runtime (at first: as built).
+        seen = gr.State(built)
 
         # ----------------------------------------------------------- Diagnose
         with gr.Tab("Diagnose", id="diagnose"):
@@ -336,52 +535,63 @@ def build_demo(
                     )
                     method, alpha = _explain_controls()
                     gr.Markdown("#### Examples from the test set (click one)")
-                    if not have_data:
-                        gr.Markdown(report.missing_data_message(data_dir), elem_id="examples-missing")
-                    elif not example_items:
-                        gr.Markdown("No curated examples available (`examples/examples.csv`).")
+                    initial_examples = example_items()
+                    examples_missing = gr.Markdown(
+                        dataset_line(), visible=not initial_examples, elem_id="examples-missing"
+                    )
+                    with gr.Accordion(OPERATOR_LABEL, open=False, visible=not data_ready()) as data_operator:
+                        gr.Markdown(detail_markdown(runtime.dataset_detail()))
                     example_gallery = gr.Gallery(
-                        value=example_items,
+                        value=initial_examples,
                         columns=3,
                         height="fit-content",
                         fit_columns=False,
                         allow_preview=False,
                         object_fit="cover",
                         show_label=False,
-                        visible=bool(example_items),
+                        visible=bool(initial_examples),
                         elem_id="examples",
                     )
                 with gr.Column(scale=2):
                     answer = gr.Markdown(elem_id="answer")
                     # The OOD guard's warning (covid_xray.ood): shown, never a refusal.
                     input_warning = gr.Markdown(elem_id="input-check")
-                    model_outputs = _model_columns(predictor, "diagnose")
+                    diagnose_columns = _model_columns(runtime, "diagnose")
                     with gr.Accordion("API response (JSON)", open=False):
                         api_view = gr.JSON(show_label=False)
+            model_outputs = [c for col in diagnose_columns for c in col.outputs]
             diagnose_outputs = [status, preview, *model_outputs, answer, api_view, input_warning]
 
             def on_upload(path, method_value, alpha_value):
-                return [path, "", *diagnose_checked(predictor, path, method_value, alpha_value)]
+                # A new file clears the example selection ring.
+                return [gr.update(selected_index=None), path, "", *diagnose(runtime, path, method_value, alpha_value)]
 
             def on_example(method_value, alpha_value, evt: gr.SelectData):
                 path, text = example_source(evt.index, examples_file, data_dir)
-                return [None, path, text, *diagnose_checked(predictor, path, method_value, alpha_value, text)]
+                return [None, path, text, *diagnose(runtime, path, method_value, alpha_value, text)]
 
             def on_settings(path, text, method_value, alpha_value):
-                return diagnose_checked(predictor, path, method_value, alpha_value, text)
+                return diagnose(runtime, path, method_value, alpha_value, text)
 
             model_event = {"concurrency_id": MODEL_QUEUE, "api_visibility": "undocumented"}
             upload.upload(
-                on_upload, [upload, method, alpha], [source, answer_state, *diagnose_outputs], **model_event
+                on_upload,
+                [upload, method, alpha],
+                [example_gallery, source, answer_state, *diagnose_outputs],
+                **model_event,
             )
             upload.clear(
-                lambda: [None, "", *diagnose_checked(predictor, None, DEFAULT_METHOD, DEFAULT_ALPHA)],
+                lambda: [None, "", *diagnose(runtime, None, DEFAULT_METHOD, DEFAULT_ALPHA)],
                 None,
                 [source, answer_state, *diagnose_outputs],
                 api_visibility="private",
             )
             example_gallery.select(
-                on_example, [method, alpha], [upload, source, answer_state, *diagnose_outputs], **model_event
+                on_example,
+                [method, alpha],
+                [upload, source, answer_state, *diagnose_outputs],
+                scroll_to_output=True,
+                **model_event,
             )
             method.change(on_settings, [source, answer_state, method, alpha], diagnose_outputs, **model_event)
             alpha.release(on_settings, [source, answer_state, method, alpha], diagnose_outputs, **model_event)
@@ -391,7 +601,7 @@ def build_demo(
             api_result = gr.JSON(visible=False)
             api_trigger = gr.Button(visible=False)
             api_trigger.click(
-                lambda image: api_predict(predictor, image),
+                lambda image: api_predict(runtime, image),
                 api_image,
                 api_result,
                 api_name="predict",
@@ -403,9 +613,9 @@ def build_demo(
         # ----------------------------------------------------------- Error gallery
         with gr.Tab("Error gallery", id="gallery"):
             gr.Markdown(
-                "Test images from the committed evaluation (`reports/<model>/predictions.csv`). "
-                "Captions read `true > predicted (confidence)` for the chosen model; click one to see "
-                "both models' probabilities and heatmaps."
+                "Test images from the evaluation of each model. Captions read "
+                "`true > predicted (confidence)` for the chosen model; click one to see both models' "
+                "probabilities and heatmaps."
             )
             with gr.Row():
                 g_model = gr.Dropdown(model_choices, value=next(iter(MODELS)), label="Model")
@@ -423,16 +633,24 @@ def build_demo(
             )
             g_status = gr.Markdown(initial[2], elem_id="gallery-status")
             g_cases = gr.State(initial[1])
-            g_gallery = gr.Gallery(
-                value=initial[0],
-                columns=4,
-                height="fit-content",
-                fit_columns=False,
-                allow_preview=False,
-                object_fit="cover",
-                show_label=False,
-                elem_id="error-gallery",
-            )
+            with gr.Row():
+                with gr.Column(scale=1, min_width=300):
+                    g_gallery = gr.Gallery(
+                        value=initial[0],
+                        columns=3,
+                        height="fit-content",
+                        fit_columns=False,
+                        allow_preview=False,
+                        object_fit="cover",
+                        show_label=False,
+                        elem_id="error-gallery",
+                    )
+                    g_method, g_alpha = _explain_controls()
+                with gr.Column(scale=2):
+                    # The opened case sits beside the thumbnails, not below them: in view at once.
+                    g_details = gr.Markdown(elem_id="case-details")
+                    g_image = gr.Image(label="Selected image", interactive=False, height=300, elem_id="case-image")
+                    gallery_columns = _model_columns(runtime, "gallery")
             g_selected = gr.State(None)  # index of the opened case in g_cases
             filters = [g_model, g_true, g_pred, g_subset, g_mode]
             for control in filters:
@@ -445,28 +663,23 @@ def build_demo(
                     [g_gallery, g_cases, g_status, g_selected],
                     api_visibility="private",
                 )
-            g_details = gr.Markdown(elem_id="case-details")
-            with gr.Row():
-                with gr.Column(scale=1, min_width=300):
-                    g_image = gr.Image(label="Selected image", interactive=False, height=420)
-                    g_method, g_alpha = _explain_controls()
-                with gr.Column(scale=2):
-                    case_outputs = _model_columns(predictor, "gallery")
+            case_outputs = [c for col in gallery_columns for c in col.outputs]
 
             def on_case(cases, method_value, alpha_value, evt: gr.SelectData):
-                return [
-                    evt.index,
-                    *open_case(predictor, cases, evt.index, method_value, alpha_value, data_dir),
-                ]
+                return [evt.index, *open_case(runtime, cases, evt.index, method_value, alpha_value, data_dir)]
 
             def on_case_settings(cases, index, method_value, alpha_value):
                 if index is None or index >= len(cases):
                     return [gr.skip()] * (2 + len(case_outputs))
-                return open_case(predictor, cases, index, method_value, alpha_value, data_dir)
+                return open_case(runtime, cases, index, method_value, alpha_value, data_dir)
 
             case_targets = [g_details, g_image, *case_outputs]
             g_gallery.select(
-                on_case, [g_cases, g_method, g_alpha], [g_selected, *case_targets], **model_event
+                on_case,
+                [g_cases, g_method, g_alpha],
+                [g_selected, *case_targets],
+                scroll_to_output=True,
+                **model_event,
             )
             g_method.change(
                 on_case_settings, [g_cases, g_selected, g_method, g_alpha], case_targets, **model_event
@@ -478,21 +691,22 @@ def build_demo(
         # ----------------------------------------------------------- Quiz
         with gr.Tab("Quiz", id="quiz"):
             gr.Markdown(QUIZ_INTRO)
-            if not have_data:
-                gr.Markdown(report.missing_data_message(data_dir), elem_id="quiz-missing")
+            quiz_missing = gr.Markdown(dataset_line(), visible=not data_ready(), elem_id="quiz-missing")
             with gr.Row():
                 q_mode = gr.Radio(
                     [(v, k) for k, v in quiz.MODES.items()],
                     value="all",
                     label="Questions",
-                    interactive=have_data,
+                    interactive=data_ready(),
                     elem_id="quiz-mode",
                 )
-                q_new = gr.Button("New quiz", variant="primary", interactive=have_data, elem_id="quiz-new")
+                q_new = gr.Button("New quiz", variant="primary", interactive=data_ready(), elem_id="quiz-new")
                 q_next = gr.Button("Next", interactive=False, elem_id="quiz-next")
             # Per browser session, in server memory only (dropped with the session), never on disk.
             q_state = gr.State(None)
-            q_status = gr.Markdown("Click **New quiz** to start." if have_data else "", elem_id="quiz-status")
+            q_status = gr.Markdown(
+                "Click **New quiz** to start." if data_ready() else "", elem_id="quiz-status"
+            )
             with gr.Row():
                 with gr.Column(scale=1, min_width=300):
                     # An array, never the dataset path: the folder name is the answer.
@@ -515,71 +729,122 @@ def build_demo(
                     q_score = gr.Markdown(elem_id="quiz-score")
                 with gr.Column(scale=2):
                     q_reveal = gr.Markdown(elem_id="quiz-reveal")
-                    quiz_model_outputs = _model_columns(predictor, "quiz")
+                    quiz_columns = _model_columns(runtime, "quiz")
             q_targets = [
                 q_state,
                 q_status,
                 q_image,
                 q_reveal,
-                *quiz_model_outputs,
+                *[c for col in quiz_columns for c in col.outputs],
                 q_score,
                 *q_answers,
                 q_next,
             ]
-            installed = predictor.available_models
 
             def on_quiz_new(mode):
+                # The models installed now (CheXNet may have joined since the page was built).
+                installed = runtime.predictor.available_models
                 return quiz_start(mode, installed, data_dir=data_dir, reports_dir=reports_dir)
 
             def on_quiz_answer(choice):
-                return lambda state: quiz_answer(predictor, state, choice, data_dir)
+                return lambda state: quiz_answer(runtime, state, choice, data_dir)
 
             q_new.click(on_quiz_new, q_mode, q_targets, api_visibility="private")
             q_next.click(
                 lambda state: quiz_next(state, data_dir), q_state, q_targets, api_visibility="private"
             )
             for choice, button in zip(CLASS_NAMES, q_answers, strict=True):
-                button.click(on_quiz_answer(choice), q_state, q_targets, **model_event)
+                button.click(on_quiz_answer(choice), q_state, q_targets, scroll_to_output=True, **model_event)
 
         # ----------------------------------------------------------- Model report
         with gr.Tab("Model report", id="report"):
+            panels = []
             for name, spec in MODELS.items():
                 with gr.Tab(spec.display_name):
-                    gr.Markdown(report.metrics_markdown(name, reports_dir))
-                    with gr.Row():
-                        for subset, title in report.SUBSET_TITLES.items():
-                            image = report.load_confusion_image(name, subset, reports_dir)
-                            if image is not None:
-                                gr.Image(image, label=f"Confusion matrix, {title.lower()}", interactive=False)
-                    figure = report.plot_history(name, reports_dir)
-                    if figure is not None:
-                        gr.Plot(figure, label="Training curves")
-                    else:
-                        gr.Markdown(f"No training curves (`{spec.report_dir(reports_dir)}/history.csv`).")
-                    gr.Markdown(calibration.calibration_markdown(name, reports_dir), elem_id=f"calibration-{name}")
-                    _report_image(calibration.reliability_image_path(name, reports_dir), "Reliability diagram")
-                    gr.Markdown(
-                        explain_eval.faithfulness_markdown(name, reports_dir), elem_id=f"faithfulness-{name}"
-                    )
-                    _report_image(
-                        explain_eval.faithfulness_image_path(name, reports_dir),
-                        "Heatmap faithfulness: deletion test and border mass",
-                    )
-            gr.Markdown(report.shortcut_markdown(reports_dir), elem_id="shortcuts")
+                    panels.append(_report_panel(name, reports_dir))
+            shortcuts = gr.Markdown(report.shortcut_markdown(reports_dir), elem_id="shortcuts")
             gr.Markdown(report.audit_markdown(reports_dir))
             gr.Markdown(report.CONFOUNDS_MARKDOWN)
 
         # ----------------------------------------------------------- About
         with gr.Tab("About", id="about"):
             gr.Markdown(ABOUT_MARKDOWN)
-            gr.Markdown(report.shortcut_markdown(reports_dir), elem_id="about-shortcuts")
+            about_state = gr.Markdown(about_state_markdown(runtime, reports_dir, data_dir), elem_id="about-state")
+            about_shortcuts = gr.Markdown(report.shortcut_markdown(reports_dir), elem_id="about-shortcuts")
+
+        # ----------------------------------------------------------- Following the runtime
+        all_columns = [*diagnose_columns, *gallery_columns, *quiz_columns]
+        groups = {
+            # name: (outputs, update function); keys[name] says when to update them.
+            "status": ([status_line], lambda: [runtime.status_line()]),
+            **{
+                f"model-{name}": (
+                    [c for col in all_columns if col.name == name for c in col.state_outputs],
+                    lambda name=name: column_updates(runtime, name) * 3,
+                )
+                for name in MODELS
+            },
+            "data": (
+                [examples_missing, data_operator, example_gallery, quiz_missing, q_mode, q_new, q_status],
+                lambda: _data_updates(data_ready(), dataset_line(), example_items()),
+            ),
+            **{
+                f"report-{panel.name}": (panel.outputs, lambda name=panel.name: report_updates(name, reports_dir))
+                for panel in panels
+            },
+            "teaching": (
+                [about_state, shortcuts, about_shortcuts],
+                lambda: [
+                    about_state_markdown(runtime, reports_dir, data_dir),
+                    *[report.shortcut_markdown(reports_dir)] * 2,
+                ],
+            ),
+        }
+        gallery_refresh_outputs = [g_gallery, g_cases, g_status, g_selected]
+        tick_outputs = [seen, timer, *gallery_refresh_outputs]
+        for outputs, _update in groups.values():
+            tick_outputs += outputs
+
+        def on_tick(last: dict, *gallery_filters):
+            """Push each part of the page whose runtime state changed since this session last looked;
+            stop polling once loading and provisioning are over and the page shows their outcome."""
+            finished = runtime.finished  # read first: a later change is caught by the next tick
+            now = {name: key() for name, key in keys.items()}
+            values = []
+            for name, (outputs, update) in groups.items():
+                values += update() if last.get(name) != now[name] else [gr.skip()] * len(outputs)
+            gallery_inputs_changed = any(last.get(k) != now[k] for k in ("data", *[f"report-{n}" for n in MODELS]))
+            gallery = (
+                [*refresh_gallery(*gallery_filters, reports_dir=reports_dir, data_dir=data_dir), None]
+                if gallery_inputs_changed
+                else [gr.skip()] * len(gallery_refresh_outputs)
+            )
+            timer_update = gr.Timer(active=False) if finished and now == last else gr.skip()
+            return [now, timer_update, *gallery, *values]
+
+        timer.tick(
+            on_tick,
+            [seen, *filters],
+            tick_outputs,
+            queue=False,
+            show_progress="hidden",
+            api_visibility="private",
+        )
     return demo
 
 
-def _report_image(path: Path | None, label: str) -> None:
-    """A committed report figure, when it exists (the markdown above it says how to make it)."""
-    if path is not None and path.exists():
-        gr.Image(str(path), label=label, interactive=False, buttons=["fullscreen"])
+def _data_updates(ready: bool, line: str, items: list) -> list:
+    """Updates for [examples line, operator's detail, examples gallery, quiz line, quiz mode, New quiz,
+    quiz status]."""
+    return [
+        gr.update(value=line, visible=not items),
+        gr.update(visible=not ready),
+        gr.update(value=items, visible=bool(items)),
+        gr.update(value=line, visible=not ready),
+        gr.update(interactive=ready),
+        gr.update(interactive=ready),
+        gr.update(value="Click **New quiz** to start." if ready else ""),
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -588,22 +853,28 @@ def _report_image(path: Path | None, label: str) -> None:
 def blocked_paths() -> list[str]:
     """Folders Gradio must never serve, whatever a request asks for (defence in depth).
 
-    Gradio only serves its own cache and `allowed_paths` (we add none); blocking the project,
-    the checkpoints and the dataset as well keeps them out even if that default changes. The
-    project root is left out when Gradio's cache lives inside it (it would block our outputs).
+    Gradio only serves its own cache and `allowed_paths` (we add none); blocking the project, the
+    checkpoints, the dataset, the reports and the provisioning cache as well keeps them out even if
+    that default changes. A folder holding Gradio's cache is left out (it would block our outputs).
     """
     cache = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
-    paths = [config.resolve_checkpoint_dir(), config.resolve_data_dir(), config.resolve_reports_dir()]
+    paths = [
+        config.resolve_checkpoint_dir(),
+        config.resolve_data_dir(),
+        config.resolve_reports_dir(),
+        config.resolve_home(),
+    ]
     if not cache.is_relative_to(config.PROJECT_ROOT):
         paths.append(config.PROJECT_ROOT)
     return [str(p) for p in paths if not cache.is_relative_to(p)]
 
 
 def create_app(checkpoint_dir=None, weights_path=None) -> gr.Blocks:
-    """Load and warm every model once (threads sized for 2 vCPUs), then build the UI."""
-    configure_cpu_threads(intra_op=2, inter_op=1)
-    predictor = Predictor.from_checkpoints(checkpoint_dir, weights_path)
-    return build_demo(predictor)
+    """Build the UI at once; load the models and provision what is missing in the background."""
+    runtime = AppRuntime(checkpoint_dir or os.environ.get(config.CHECKPOINT_DIR_ENV_VAR), weights_path)
+    demo = build_demo(runtime)
+    runtime.start(background=True)
+    return demo
 
 
 def launch(demo: gr.Blocks, **kwargs) -> None:
@@ -612,10 +883,11 @@ def launch(demo: gr.Blocks, **kwargs) -> None:
     # Uploaded X-rays are patient data: Gradio's run history (kept in the browser, or in a
     # Hugging Face bucket a visitor connects) stays off.
     kwargs.setdefault("run_history", False)
-    demo.launch(max_file_size=config.MAX_UPLOAD_BYTES, blocked_paths=blocked_paths(), **kwargs)
+    demo.launch(
+        max_file_size=config.MAX_UPLOAD_BYTES, blocked_paths=blocked_paths(), **kwargs
+    )
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    demo = create_app()
-    launch(demo)
+    launch(create_app())

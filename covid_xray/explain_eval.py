@@ -460,8 +460,9 @@ def evaluate_faithfulness(
     reports = config.resolve_reports_dir(reports_dir)
     checkpoint = spec.checkpoint_path(checkpoint_dir)
     if not checkpoint.exists():
-        message = inference.unavailable_message(name, checkpoint, None, "")
-        raise ModelNotTrainedError(f"{message}\nThen score its heatmaps:\n    {command(name)}")
+        message = inference.unavailable_message(name, checkpoint)
+        detail = inference.unavailable_detail(name, checkpoint)
+        raise ModelNotTrainedError(f"{message}\n{detail}\nThen score its heatmaps:\n    {command(name)}")
 
     all_samples = data.list_samples(data_dir)
     test = _select([s for s in all_samples if s.split == "test"], limit)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -88,7 +89,8 @@ class ModelPrediction:
     name: str
     display_name: str
     available: bool
-    message: str = ""
+    message: str = ""  # why there is no answer, for visitors
+    detail: str = ""  # for operators: commands that fix it (no server paths)
     probabilities: dict[str, float] = field(default_factory=dict)  # keys: CLASS_NAMES; calibrated if T
     predicted: str | None = None
     confidence: float | None = None  # probabilities[predicted]
@@ -111,7 +113,7 @@ class ModelPrediction:
     def summary_markdown(self) -> str:
         """One line for people: the predicted class and how the heatmap was made."""
         if not self.available:
-            return f"**{self.display_name} not installed.**"
+            return self.message or f"{self.display_name} has no answer."
         note = ", calibrated" if self.calibrated else ""
         text = f"**{self.display_name}: {CLASS_DISPLAY_NAMES[self.predicted]}** ({self.confidence:.1%}{note})"
         if self.method:
@@ -122,7 +124,7 @@ class ModelPrediction:
 
     def to_json(self) -> dict[str, Any]:
         if not self.available:
-            return {"available": False, "message": self.message}
+            return {"available": False, "message": self.message, "detail": self.detail}
         return {
             "available": True,
             "prediction": self.predicted,
@@ -146,7 +148,8 @@ class PredictionResult:
 
     def to_api_json(self) -> dict[str, Any]:
         """The API's JSON, per model: `{available, prediction, probabilities, raw_probabilities,
-        calibrated, temperature}` or `{available, message}`;
+        calibrated, temperature}` or `{available, message, detail}` (message for people, detail for
+        operators; neither holds a server path);
         plus `input_check: {is_xray_likely, warnings}` (warnings are sentences for people)."""
         payload: dict[str, Any] = {name: prediction.to_json() for name, prediction in self.models.items()}
         if self.input_check is not None:
@@ -178,42 +181,57 @@ class LoadedModel:
     temperature: float | None = None
 
 
-def unavailable_message(
-    name: str, checkpoint: Path, weights_path: str | os.PathLike | None, error: str
-) -> str:
-    """Plain text for people: what is missing and the exact commands that fix it."""
+def unavailable_message(name: str, checkpoint: Path, error: str = "") -> str:
+    """One line for visitors: why a model has no answer (no paths, no commands)."""
     spec = MODELS[name]
-    train_command = f"    python train.py --model {name}"
     if checkpoint.exists():
-        return f"{spec.display_name} could not be loaded from {checkpoint}:\n{error}"
-    lines = [f"{spec.display_name} is not installed: no trained checkpoint at {checkpoint}."]
-    if name == "chexnet":
-        weights = config.resolve_chexnet_weights(weights_path)
-        if weights.exists():
-            lines += [f"CheXNet base weights found at {weights}; train the model:", train_command]
-        else:
-            from covid_xray.weights import missing_weights_message
+        return f"{spec.display_name} could not be loaded on this server (its checkpoint failed a check)."
+    return f"{spec.display_name} is not installed on this server."
 
-            lines += [missing_weights_message(weights), "Then train the model:", train_command]
-    else:
-        lines += ["Train it:", train_command]
+
+def unavailable_detail(name: str, checkpoint: Path, weights_path=None, error: str = "") -> str:
+    """For operators: what is missing and the commands that fix it (server paths left out).
+
+    Lines indented by 4 spaces are commands (`detail_markdown` makes them code blocks).
+    """
+    from covid_xray.provision import OFFLINE_ENV_VAR
+
+    train = f"    python train.py --model {name} --install"
+    if checkpoint.exists():
+        return f"The checkpoint did not load: {scrub_paths(error)}\nRetrain and install it:\n{train}"
+    lines = ["No trained checkpoint. Train and install it:", train]
+    if name == "chexnet":
+        lines = ["No trained checkpoint."]
+        if not config.resolve_chexnet_weights(weights_path).exists():
+            lines += ["Get the CheXNet base weights first:", "    pip install kagglehub", "    python -m covid_xray.weights fetch-kaggle"]
+        lines += ["Train the head and evaluate it:", train, "    python -m covid_xray.evaluate --model chexnet"]
+    lines += [
+        f"Or start the app with internet access and without {OFFLINE_ENV_VAR}=1: it downloads and "
+        "trains what is missing by itself."
+    ]
     return "\n".join(lines)
 
 
-def unavailable_markdown(display_name: str, message: str) -> str:
-    """The "not installed" panel shown in place of a model's column.
+# An absolute file-system path (not a URL): "/a/b/file.keras" -> "file.keras".
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(?:/[^\s/'\"`]+)*/([^\s/'\"`]+)")
 
-    Lines of the message indented by 4 spaces are commands: they become code blocks (easy to
-    copy); the rest wraps as text, with `<` `>` escaped so placeholders like <URL> stay visible.
-    """
-    parts, commands = [f"### {display_name} not installed"], []
+
+def scrub_paths(text: str) -> str:
+    """`text` with every absolute path of this server shortened to its last part (the file name)."""
+    return _ABSOLUTE_PATH.sub(r"\1", text)
+
+
+def detail_markdown(detail: str) -> str:
+    """Markdown of an operator's detail: lines indented by 4 spaces become code blocks (easy to
+    copy); the rest wraps as text, with `<` `>` escaped so placeholders stay visible."""
+    parts, commands = [], []
 
     def flush() -> None:
         if commands:
             parts.append("```bash\n" + "\n".join(commands) + "\n```")
             commands.clear()
 
-    for line in message.splitlines():
+    for line in detail.splitlines():
         if line.startswith("    "):
             commands.append(line.strip())
             continue
@@ -324,9 +342,16 @@ class Predictor:
         unavailable: {name: message for people} for models that could not be loaded.
     """
 
-    def __init__(self, loaded: dict[str, LoadedModel], unavailable: dict[str, str] | None = None):
+    def __init__(
+        self,
+        loaded: dict[str, LoadedModel],
+        unavailable: dict[str, str] | None = None,
+        details: dict[str, str] | None = None,
+    ):
         self.loaded = dict(loaded)
         self.unavailable = dict(unavailable or {})
+        # For operators (the page folds it away; the API's `detail`): commands, no paths.
+        self.details = dict(details or {})
         self._cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
         # Gradio may call from several worker threads; one image at a time keeps a 2-vCPU box
         # responsive and the explainers' state safe.
@@ -350,34 +375,59 @@ class Predictor:
                 and Grad-CAM++), so that the first request is fast; Score-CAM is traced on first use.
             scorecam_max_n: feature maps kept by Score-CAM (each model's `ModelSpec` value if None).
         """
+        predictor = cls({})
+        for name in MODELS:
+            predictor.load(name, checkpoint_dir, weights_path, warm_up=warm_up, scorecam_max_n=scorecam_max_n)
+        return predictor
+
+    def load(
+        self,
+        name: str,
+        checkpoint_dir: str | os.PathLike | None = None,
+        weights_path: str | os.PathLike | None = None,
+        *,
+        warm_up: bool = True,
+        scorecam_max_n: int | None = None,
+    ) -> bool:
+        """Load (and warm) one model and start serving it; False, with the reason recorded, when it
+        cannot be loaded. Safe while other threads predict: the model joins between two requests."""
         from covid_xray.checkpoints import CheckpointError
         from covid_xray.explain import ExplainerError
 
-        loaded, unavailable = {}, {}
-        for name, spec in MODELS.items():
-            checkpoint = spec.checkpoint_path(checkpoint_dir)
-            try:
-                loaded[name] = load_model(name, checkpoint_dir, scorecam_max_n=scorecam_max_n)
-            except (CheckpointError, ExplainerError) as exc:
-                unavailable[name] = unavailable_message(name, checkpoint, weights_path, str(exc))
-                logger.warning("%s unavailable: %s", spec.display_name, exc)
-                continue
-            if warm_up:
-                loaded[name].explainer.warm_up(WARM_UP_METHODS)
-                # The guard's own feature function only serves Score-CAM requests (the others get
-                # the features from the explainer): it is traced on first use.
-                if loaded[name].guard is not None and loaded[name].explainer.feature_layer is None:
-                    loaded[name].guard.warm_up()
-            logger.info(
-                "Loaded %s from %s (preprocessing %r, %s).",
-                spec.display_name,
-                checkpoint,
-                loaded[name].preprocessing,
-                "uncalibrated"
-                if loaded[name].temperature is None
-                else f"calibration temperature {loaded[name].temperature:g}",
+        spec = config.get_model_spec(name)
+        checkpoint = spec.checkpoint_path(checkpoint_dir)
+        try:
+            loaded = load_model(name, checkpoint_dir, scorecam_max_n=scorecam_max_n)
+        except (CheckpointError, ExplainerError) as exc:
+            self.set_unavailable(
+                name, unavailable_message(name, checkpoint, str(exc)),
+                unavailable_detail(name, checkpoint, weights_path, str(exc)),
             )
-        return cls(loaded, unavailable)
+            logger.warning("%s unavailable: %s", spec.display_name, exc)
+            return False
+        if warm_up:
+            loaded.explainer.warm_up(WARM_UP_METHODS)
+            # The guard's own feature function only serves Score-CAM requests (the others get
+            # the features from the explainer): it is traced on first use.
+            if loaded.guard is not None and loaded.explainer.feature_layer is None:
+                loaded.guard.warm_up()
+        with self._lock:
+            self.loaded[name] = loaded
+            self.unavailable.pop(name, None)
+            self.details.pop(name, None)
+        logger.info(
+            "Loaded %s (preprocessing %r, %s).",
+            spec.display_name,
+            loaded.preprocessing,
+            "uncalibrated" if loaded.temperature is None else f"calibration temperature {loaded.temperature:g}",
+        )
+        return True
+
+    def set_unavailable(self, name: str, message: str, detail: str = "") -> None:
+        """Record why `name` has no answer (for visitors, and the operator's detail)."""
+        if name not in self.loaded:
+            self.unavailable[name] = message
+            self.details[name] = detail
 
     @property
     def available_models(self) -> list[str]:
@@ -387,8 +437,12 @@ class Predictor:
         return name in self.loaded
 
     def status_message(self, name: str) -> str:
-        """Empty for an available model; otherwise what is missing and how to fix it."""
+        """Empty for an available model; otherwise one line for visitors saying why."""
         return self.unavailable.get(name, "")
+
+    def status_detail(self, name: str) -> str:
+        """Empty for an available model; otherwise the operator's detail (commands, no paths)."""
+        return self.details.get(name, "")
 
     @property
     def input_guard(self):
@@ -454,7 +508,11 @@ class Predictor:
         for name, spec in MODELS.items():
             if name not in self.loaded:
                 predictions[name] = ModelPrediction(
-                    name, spec.display_name, available=False, message=self.unavailable.get(name, "")
+                    name,
+                    spec.display_name,
+                    available=False,
+                    message=self.status_message(name),
+                    detail=self.status_detail(name),
                 )
                 continue
             raw, heatmap, features[name] = self._run(self.loaded[name], model_input, digest, method)

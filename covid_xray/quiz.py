@@ -156,12 +156,9 @@ def hard_files(models: Iterable[str] | None = None, reports_dir: str | os.PathLi
         evaluated.append(name)
         files.update(row.file for row in rows if not row.correct)
     if not evaluated:
-        commands = (
-            " or ".join(f"`{report.EVALUATE_COMMAND.format(name=n)}`" for n in models) or "an evaluation"
-        )
         raise QuizError(
-            "Hard cases come from the committed evaluation (`reports/<model>/predictions.csv`) of an "
-            f"installed model, and there is none: run {commands}, or quiz on all test images."
+            "Hard cases are the test images an installed model got wrong in its evaluation, and no "
+            "installed model has been evaluated on this server yet: choose all test images instead."
         )
     return files
 
@@ -189,7 +186,7 @@ def build_pool(
         hard = hard_files(models, reports_dir)
         samples = {file: label for file, label in samples.items() if file in hard}
     if not samples:
-        raise QuizError(f"No test images for the quiz ({MODES[mode].lower()}) under the data root.")
+        raise QuizError(f"No test images for the quiz ({MODES[mode].lower()}) on this server.")
     return tuple(Question(file, label) for file, label in samples.items())
 
 
@@ -215,8 +212,7 @@ def question_image(question: Question, data_dir: str | os.PathLike | None = None
     except (OSError, imaging.ImageDecodeError, QuizError) as exc:
         logger.warning("Quiz image %s unreadable: %s", question.file, exc)
         raise QuizError(
-            "This test image could not be read from the dataset (details in the server log); "
-            "start a new quiz or check the data root."
+            "This test image could not be read (details in the server log); start a new quiz."
         ) from exc
 
 

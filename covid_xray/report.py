@@ -31,9 +31,7 @@ logger = logging.getLogger(__name__)
 # Configurable parameters.
 # ---------------------------------------------------------------------------
 THUMBNAIL_SIDE = 256
-DATA_DOWNLOAD_COMMAND = "python -m covid_xray.data download"
 EVALUATE_COMMAND = "python -m covid_xray.evaluate --model {name}"
-AUDIT_COMMAND = "python -m covid_xray.data audit"
 # Test subsets of the error gallery (the `leaked` column of predictions.csv).
 SUBSETS: dict[str, str] = {
     "official": f"{config.TEST_SUBSET_TITLES['official']} (all images)",
@@ -76,12 +74,12 @@ def data_available(data_dir: str | os.PathLike | None = None) -> bool:
 
 
 def missing_data_message(data_dir: str | os.PathLike | None = None) -> str:
-    """Markdown for people: the dataset is not where the app looks, and how to get it."""
-    root = config.resolve_data_dir(data_dir)
+    """One line for visitors: the test images are not on this server (no paths, no commands;
+    `covid_xray.runtime.AppRuntime.dataset_detail` has the operator's part)."""
+    del data_dir  # the same sentence wherever the app looked
     return (
-        f"**Dataset not found** at `{root}`: examples and gallery images need it (uploads still work). "
-        f"Get it with `{DATA_DOWNLOAD_COMMAND}`, or point `{config.DATA_ENV_VAR}` at an existing "
-        "`Covid19-dataset` folder, then restart the app."
+        "The test images are not available on this server, so examples, the gallery and the quiz "
+        "are empty. Uploads still work."
     )
 
 
@@ -195,7 +193,7 @@ class PredictionRow:
     def caption(self) -> str:
         """`true > predicted (confidence)`, with the UI's class names."""
         true, predicted = CLASS_DISPLAY_NAMES[self.true], CLASS_DISPLAY_NAMES[self.predicted]
-        return f"{true} > {predicted} ({self.confidence:.2f})"
+        return f"{true} > {predicted} ({self.confidence:.1%})"
 
 
 @functools.lru_cache(maxsize=16)
@@ -251,7 +249,7 @@ class GalleryCase:
             verdict = "correct" if row.correct else "wrong"
             lines.append(
                 f"- {MODELS[name].display_name} (committed evaluation): "
-                f"{CLASS_DISPLAY_NAMES[row.predicted]} ({row.confidence:.2f}), {verdict}"
+                f"{CLASS_DISPLAY_NAMES[row.predicted]} ({row.confidence:.1%}), {verdict}"
             )
         return "\n".join(lines)
 
@@ -335,15 +333,11 @@ def gallery_status(
     """One line for people above the gallery: how many cases, or what is missing."""
     display = MODELS[name].display_name
     if load_predictions(name, reports_dir) is None:
-        return (
-            f"No evaluation of {display} yet (`{MODELS[name].report_dir(reports_dir)}/predictions.csv` "
-            f"is missing): run `{EVALUATE_COMMAND.format(name=name)}`."
-        )
+        return f"{display} has not been evaluated on this server yet, so it has no errors to show."
     evaluated = [m for m in MODELS if load_predictions(m, reports_dir) is not None]
     if mode != "misclassified" and len(evaluated) < 2:
-        return (
-            f"Comparing models needs both models' predictions.csv; only {', '.join(evaluated)} is evaluated."
-        )
+        missing = " and ".join(MODELS[m].display_name for m in MODELS if m not in evaluated)
+        return f"Comparing the models needs both evaluations; {missing} has not been evaluated on this server yet."
     text = f"{len(cases)} test image{'s' if len(cases) != 1 else ''} match."
     if cases and not data_available(data_dir):
         return f"{text} {missing_data_message(data_dir)}"
@@ -437,6 +431,11 @@ def _read_png(path: str, stamp: int | None) -> np.ndarray | None:
     return array
 
 
+def load_png(path: Path | None) -> np.ndarray | None:
+    """A report figure as a read-only uint8 RGB array (cached), or None when it is missing."""
+    return None if path is None else _read_png(str(path), _stamp(path))
+
+
 def load_confusion_image(
     name: str, subset: str = "official", reports_dir: str | os.PathLike | None = None
 ) -> np.ndarray | None:
@@ -520,11 +519,9 @@ def metrics_markdown(name: str, reports_dir: str | os.PathLike | None = None) ->
     spec = MODELS[name]
     metrics = load_metrics(name, reports_dir)
     if metrics is None:
-        missing = spec.report_dir(reports_dir) / "metrics.json"
         return (
-            f"### {spec.display_name}\n\nNo evaluation report yet (`{missing}`). "
-            f"Run `{EVALUATE_COMMAND.format(name=name)}`.\n\n"
-            f"Paper's reported accuracy: {spec.paper_accuracy:.0%}."
+            f"### {spec.display_name}\n\n{spec.display_name} has not been evaluated on this server yet. "
+            f"The paper reports {spec.paper_accuracy:.0%} accuracy on the official test set."
         )
     subsets = {
         k: v for k, v in (metrics.get("subsets") or {}).items() if k in SUBSET_TITLES and isinstance(v, dict)
@@ -570,7 +567,7 @@ def audit_markdown(reports_dir: str | os.PathLike | None = None) -> str:
     """Summary of the leakage audit (duplicate pairs per scope, leaked test files)."""
     audit = load_audit(reports_dir)
     if audit is None:
-        return f"**Leakage audit:** no `reports/audit.json` yet; run `{AUDIT_COMMAND}`."
+        return "**Leakage audit:** not run on this server."
     lines = ["**Leakage audit** (exact = same bytes; near = perceptual hash"]
     threshold = audit.get("near_threshold")
     lines[0] += f" within {threshold} bits)" if isinstance(threshold, (int, float)) else ")"
@@ -613,8 +610,7 @@ def _border_mass_sentence(name: str, reports_dir: str | os.PathLike | None) -> s
     gradcam = (summary or {}).get("methods", {}).get("gradcam")
     if not gradcam:
         return (
-            f"{spec.display_name}'s heatmaps have not been measured yet "
-            f"(`python -m covid_xray.explain_eval --model {name}`)."
+            f"{spec.display_name}'s heatmaps have not been measured on this server yet."
         )
     mass, uniform = float(gradcam["mean"]), float(summary["uniform"])
     border = float(summary["border"])

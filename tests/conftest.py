@@ -101,3 +101,19 @@ def app_server(checkpoint_dir_both, reports_dir, tmp_path_factory):
     server = start_app_server(checkpoint_dir_both, reports_dir, tmp_path_factory.mktemp("app_server"))
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def runtime_davidnet(predictor_davidnet):
+    """The app's runtime serving `predictor_davidnet` as it is (nothing loads or downloads)."""
+    from covid_xray.runtime import AppRuntime
+
+    return AppRuntime.serving(predictor_davidnet)
+
+
+@pytest.fixture(scope="session")
+def runtime_both(predictor_both):
+    """The app's runtime serving `predictor_both` as it is."""
+    from covid_xray.runtime import AppRuntime
+
+    return AppRuntime.serving(predictor_both)

@@ -8,6 +8,7 @@ serve none of the files the app does not mean to serve.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import urllib.error
 import urllib.parse
@@ -24,8 +25,9 @@ from tests.app_fixtures import GALLERY_ROWS, SERVER_MAX_UPLOAD_BYTES
 
 COVID_IMAGE = "test/Covid/0100.jpeg"
 NORMAL_IMAGE = "test/Normal/0101.jpeg"
-# Outputs of the diagnose handler: status, preview, (summary, label, overlay) x 2, answer, json.
-N_DIAGNOSE = 2 + 3 * len(config.MODELS) + 2
+# Outputs of the diagnose handler: status, preview, (summary, label, overlay) x 2, answer, json,
+# input-check warning.
+N_DIAGNOSE = 2 + 3 * len(config.MODELS) + 3
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +48,10 @@ def _fake_png(tmp_path):
 # ---------------------------------------------------------------------------
 # Handlers, in-process.
 # ---------------------------------------------------------------------------
-def test_diagnose_handler(app_module, predictor_davidnet, data_dir):
-    values = app_module.diagnose(predictor_davidnet, str(data_dir / COVID_IMAGE), "gradcam", 0.4, "answer")
+def test_diagnose_handler(app_module, runtime_davidnet, predictor_davidnet, data_dir):
+    values = app_module.diagnose(runtime_davidnet, str(data_dir / COVID_IMAGE), "gradcam", 0.4, "answer")
     assert len(values) == N_DIAGNOSE
-    status, preview, d_summary, d_label, d_overlay, c_summary, c_label, c_overlay, answer, payload = values
+    status, preview, d_summary, d_label, d_overlay, c_summary, c_label, c_overlay, answer, payload, warning = values
     assert status == ""
     assert preview.shape == d_overlay.shape == (512, 512, 3)
     assert "DavidNet" in d_summary and "Grad-CAM" in d_summary
@@ -57,15 +59,19 @@ def test_diagnose_handler(app_module, predictor_davidnet, data_dir):
     assert (c_summary, c_label, c_overlay) == ("", None, None)  # CheXNet not installed
     assert answer == "answer"
     assert payload["chexnet"]["available"] is False
+    assert warning == ""  # a real chest X-ray: no input-check warning
 
 
-def test_diagnose_handler_bad_file_clears_outputs(app_module, predictor_davidnet, tmp_path):
-    with pytest.warns(UserWarning, match="not an image"):  # gr.Warning: a toast in the page
-        values = app_module.diagnose(predictor_davidnet, str(_fake_png(tmp_path)), "gradcam", 0.4)
+def test_diagnose_handler_bad_file_clears_outputs(app_module, runtime_davidnet, predictor_davidnet, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, inline: no toast (gr.Warning) repeating it
+        values = app_module.diagnose(runtime_davidnet, str(_fake_png(tmp_path)), "gradcam", 0.4)
     assert len(values) == N_DIAGNOSE
     assert values[0].startswith("**Could not read this file.**") and "JPEG" in values[0]
     assert all(v in (None, "") for v in values[1:])
-    assert app_module.diagnose(predictor_davidnet, None, "gradcam", 0.4) == [
+    assert app_module.diagnose(runtime_davidnet, None, "gradcam", 0.4) == [
         "",
         None,
         "",
@@ -76,20 +82,22 @@ def test_diagnose_handler_bad_file_clears_outputs(app_module, predictor_davidnet
         None,
         "",
         None,
+        "",
     ]
 
 
-def test_api_handler(app_module, predictor_davidnet, data_dir, tmp_path):
-    payload = app_module.api_predict(predictor_davidnet, str(data_dir / COVID_IMAGE))
+def test_api_handler(app_module, runtime_davidnet, predictor_davidnet, data_dir, tmp_path):
+    payload = app_module.api_predict(runtime_davidnet, str(data_dir / COVID_IMAGE))
     assert payload["davidnet"]["prediction"] in CLASS_NAMES
-    assert (
-        payload["chexnet"]["available"] is False
-        and "python train.py --model chexnet" in payload["chexnet"]["message"]
-    )
+    chexnet = payload["chexnet"]
+    assert chexnet["available"] is False and chexnet["state"] == "missing"
+    assert chexnet["message"] == "CheXNet is not installed on this server."
+    assert "python train.py --model chexnet" in chexnet["detail"]
+    assert "/" not in chexnet["message"] and str(config.PROJECT_ROOT) not in json.dumps(payload)
     with pytest.raises(gr.Error):
-        app_module.api_predict(predictor_davidnet, str(_fake_png(tmp_path)))
+        app_module.api_predict(runtime_davidnet, str(_fake_png(tmp_path)))
     with pytest.raises(gr.Error):
-        app_module.api_predict(predictor_davidnet, None)
+        app_module.api_predict(runtime_davidnet, None)
 
 
 def test_example_source(app_module, data_dir):
@@ -97,53 +105,58 @@ def test_example_source(app_module, data_dir):
     assert path.startswith(str(data_dir)) and "True label" in answer
 
 
-def test_gallery_handlers(app_module, predictor_davidnet, reports_dir, data_dir):
+def test_gallery_handlers(app_module, runtime_davidnet, predictor_davidnet, reports_dir, data_dir):
     items, cases, status = app_module.refresh_gallery(
         "davidnet", app_module.ANY, app_module.ANY, "official", "misclassified", reports_dir, data_dir
     )
     assert len(items) == len(cases) == 3 and status == "3 test images match."
+    assert items[0][1] == "COVID-19 > Normal (80.0%)"  # confidence as the model columns show it
     items, cases, _ = app_module.refresh_gallery(
         "davidnet", "Normal", app_module.ANY, "official", "both_wrong", reports_dir, data_dir
     )
     assert [c.file for c in cases] == ["test/Normal/0103.jpeg"]
     details, image, *model_values = app_module.open_case(
-        predictor_davidnet, cases, 0, "gradcam", 0.3, data_dir
+        runtime_davidnet, cases, 0, "gradcam", 0.3, data_dir
     )
     assert "0103" in details and image.shape == (512, 512, 3)
     assert model_values[2].shape == image.shape  # DavidNet overlay
     assert model_values[3:] == ["", None, None]
 
 
-def test_build_demo_without_chexnet(app_module, predictor_davidnet, reports_dir, data_dir):
-    demo = app_module.build_demo(predictor_davidnet, reports_dir=reports_dir, data_dir=data_dir)
+def test_build_demo_without_chexnet(app_module, runtime_davidnet, predictor_davidnet, reports_dir, data_dir):
+    demo = app_module.build_demo(runtime_davidnet, reports_dir=reports_dir, data_dir=data_dir)
     assert isinstance(demo, gr.Blocks)
     api_names = [dep.get("api_name") for dep in demo.config["dependencies"]]
     assert "predict" in api_names
     texts = [c.get("props", {}).get("value") for c in demo.config["components"]]
     texts = [t for t in texts if isinstance(t, str)]
-    assert any("CheXNet not installed" in t and "python train.py --model chexnet" in t for t in texts)
+    assert "CheXNet is not installed on this server." in texts
+    assert any("python train.py --model chexnet" in t for t in texts)  # the operator's accordion
     assert any("Not for diagnosis" in t for t in texts)
+    assert not [t for t in texts if str(config.PROJECT_ROOT) in t or str(Path.home()) in t]
 
 
-def test_build_demo_without_dataset(app_module, predictor_davidnet, reports_dir, tmp_path):
-    demo = app_module.build_demo(predictor_davidnet, reports_dir=reports_dir, data_dir=tmp_path)
+def test_build_demo_without_dataset(app_module, runtime_davidnet, predictor_davidnet, reports_dir, tmp_path):
+    demo = app_module.build_demo(runtime_davidnet, reports_dir=reports_dir, data_dir=tmp_path)
     texts = [c.get("props", {}).get("value") for c in demo.config["components"]]
     texts = [t for t in texts if isinstance(t, str)]
+    assert any("test images are not available on this server" in t for t in texts)
     assert any("python -m covid_xray.data download" in t and config.DATA_ENV_VAR in t for t in texts)
+    assert not [t for t in texts if str(tmp_path) in t or str(config.PROJECT_ROOT) in t]
 
 
-def test_broken_committed_files_do_not_take_the_app_down(app_module, predictor_davidnet, data_dir, tmp_path):
+def test_broken_committed_files_do_not_take_the_app_down(app_module, runtime_davidnet, predictor_davidnet, data_dir, tmp_path):
     broken = tmp_path / "davidnet" / "predictions.csv"
     broken.parent.mkdir()
     broken.write_text("file,true\ntest/Covid/0100.jpeg,Covid\n")
     items, cases, status = app_module.refresh_gallery(
         "davidnet", app_module.ANY, app_module.ANY, "official", "misclassified", tmp_path, data_dir
     )
-    assert (items, cases) == ([], []) and "Cannot read the evaluation outputs" in status
+    assert (items, cases) == ([], []) and "cannot be read" in status
     examples = tmp_path / "examples.csv"
     examples.write_text("file,label,note\ntest/Covid/0100.jpeg,Pneumonia,wrong label\n")
     demo = app_module.build_demo(
-        predictor_davidnet, reports_dir=tmp_path, data_dir=data_dir, examples_file=examples
+        runtime_davidnet, reports_dir=tmp_path, data_dir=data_dir, examples_file=examples
     )
     assert isinstance(demo, gr.Blocks)
 
@@ -161,7 +174,7 @@ def _interactive(updates: list) -> list:
     return [update["interactive"] for update in updates]
 
 
-def test_quiz_handlers_play_a_whole_quiz(app_module, predictor_davidnet, reports_dir, data_dir):
+def test_quiz_handlers_play_a_whole_quiz(app_module, runtime_davidnet, predictor_davidnet, reports_dir, data_dir):
     installed = predictor_davidnet.available_models
     values = app_module.quiz_start("hard", installed, seed=1, data_dir=data_dir, reports_dir=reports_dir)
     assert len(values) == app_module.N_QUIZ_OUTPUTS
@@ -178,7 +191,7 @@ def test_quiz_handlers_play_a_whole_quiz(app_module, predictor_davidnet, reports
     for text in (v for v in values[1:] if isinstance(v, str)):  # state stays on the server
         assert question.file not in text and Path(question.file).name not in text
 
-    values = app_module.quiz_answer(predictor_davidnet, state, question.truth, data_dir)
+    values = app_module.quiz_answer(runtime_davidnet, state, question.truth, data_dir)
     assert len(values) == app_module.N_QUIZ_OUTPUTS
     revealed, status, image, reveal, d_summary, d_label, d_overlay, *chexnet = values[:10]
     assert image == gr.skip()  # the X-ray stays as it is
@@ -194,7 +207,7 @@ def test_quiz_handlers_play_a_whole_quiz(app_module, predictor_davidnet, reports
     assert _interactive(values[-4:]) == [False, False, False, True]
 
     with pytest.warns(UserWarning, match="already answered"):
-        again = app_module.quiz_answer(predictor_davidnet, revealed, question.truth, data_dir)
+        again = app_module.quiz_answer(runtime_davidnet, revealed, question.truth, data_dir)
     assert "already answered" in again[1]
     assert all(v == gr.skip() for i, v in enumerate(again) if i != 1)  # nothing else changes
 
@@ -204,7 +217,7 @@ def test_quiz_handlers_play_a_whole_quiz(app_module, predictor_davidnet, reports
         state = values[0]
         assert state.phase == "asking" and f"Question {number} of 3" in values[1]
         assert isinstance(values[2], np.ndarray) and values[3] == "" and values[4:10] == ["", None, None] * 2
-        state = app_module.quiz_answer(predictor_davidnet, state, "Normal", data_dir)[0]
+        state = app_module.quiz_answer(runtime_davidnet, state, "Normal", data_dir)[0]
     values = app_module.quiz_next(state, data_dir)
     assert values[0].phase == "finished" and "Quiz finished" in values[1] and values[2] is None
     assert "answered: 3 of 3" in values[-5] and _interactive(values[-4:]) == [False] * 4
@@ -212,13 +225,13 @@ def test_quiz_handlers_play_a_whole_quiz(app_module, predictor_davidnet, reports
         app_module.quiz_next(values[0], data_dir)
 
 
-def test_quiz_start_refusals(app_module, predictor_davidnet, reports_dir, data_dir, tmp_path):
+def test_quiz_start_refusals(app_module, runtime_davidnet, predictor_davidnet, reports_dir, data_dir, tmp_path):
     installed = predictor_davidnet.available_models
     values = app_module.quiz_start("all", installed, data_dir=tmp_path, reports_dir=reports_dir)
-    assert "python -m covid_xray.data download" in values[1]
+    assert "test images are not available on this server" in values[1]
     assert all(v == gr.skip() for i, v in enumerate(values) if i != 1)  # a running quiz is kept
     values = app_module.quiz_start("hard", installed, data_dir=data_dir, reports_dir=tmp_path)
-    assert "python -m covid_xray.evaluate --model davidnet" in values[1] and values[0] == gr.skip()
+    assert "no installed model has been evaluated" in values[1] and values[0] == gr.skip()
     values = app_module.quiz_start("all", installed, seed=5, data_dir=data_dir, reports_dir=tmp_path)
     assert len(values[0].order) == 66  # all of the official test split
 
@@ -227,8 +240,8 @@ def _by_elem_id(demo: gr.Blocks) -> dict[str, dict]:
     return {c["props"]["elem_id"]: c for c in demo.config["components"] if c.get("props", {}).get("elem_id")}
 
 
-def test_quiz_tab_layout_and_events(app_module, predictor_davidnet, reports_dir, data_dir, tmp_path):
-    demo = app_module.build_demo(predictor_davidnet, reports_dir=reports_dir, data_dir=data_dir)
+def test_quiz_tab_layout_and_events(app_module, runtime_davidnet, predictor_davidnet, reports_dir, data_dir, tmp_path):
+    demo = app_module.build_demo(runtime_davidnet, reports_dir=reports_dir, data_dir=data_dir)
     tabs = [c["props"]["label"] for c in demo.config["components"] if c["type"] == "tabitem"]
     assert tabs.index("Error gallery") < tabs.index("Quiz") < tabs.index("Model report")
     components = _by_elem_id(demo)
@@ -236,7 +249,8 @@ def test_quiz_tab_layout_and_events(app_module, predictor_davidnet, reports_dir,
     assert [b["props"]["value"] for b in answers] == [CLASS_DISPLAY_NAMES[c] for c in CLASS_NAMES]
     assert components["quiz-new"]["props"]["interactive"] is True
     assert not any(b["props"]["interactive"] for b in (*answers, components["quiz-next"]))
-    assert "quiz-chexnet-missing" in components and "quiz-missing" not in components
+    assert components["quiz-chexnet-missing"]["props"]["value"] == "CheXNet is not installed on this server."
+    assert components["quiz-missing"]["props"]["visible"] is False
     # Answers run the models: they queue with every other model event and are not public API.
     answer_ids = {b["id"] for b in answers}
     quiz_ids = answer_ids | {components[k]["id"] for k in ("quiz-new", "quiz-next")}
@@ -247,9 +261,10 @@ def test_quiz_tab_layout_and_events(app_module, predictor_davidnet, reports_dir,
         if event["targets"][0][0] in answer_ids:
             assert demo.fns[event["id"]].concurrency_id == app_module.MODEL_QUEUE
 
-    demo = app_module.build_demo(predictor_davidnet, reports_dir=reports_dir, data_dir=tmp_path)
+    demo = app_module.build_demo(runtime_davidnet, reports_dir=reports_dir, data_dir=tmp_path)
     components = _by_elem_id(demo)
-    assert "python -m covid_xray.data download" in components["quiz-missing"]["props"]["value"]
+    assert "not available on this server" in components["quiz-missing"]["props"]["value"]
+    assert components["quiz-missing"]["props"]["visible"] is True
     assert components["quiz-new"]["props"]["interactive"] is False
     assert components["quiz-mode"]["props"]["interactive"] is False
 
@@ -344,10 +359,10 @@ def test_private_files_are_not_served(app_server, data_dir, route):
         assert status != 200 or signature not in body, f"{route}{path} was served"
 
 
-def test_report_and_about_tabs_show_calibration_faithfulness_and_shortcuts(app_module, predictor_davidnet, data_dir):
+def test_report_and_about_tabs_show_calibration_faithfulness_and_shortcuts(app_module, runtime_davidnet, predictor_davidnet, data_dir):
     from covid_xray import calibration, explain_eval
 
-    demo = app_module.build_demo(predictor_davidnet, data_dir=data_dir)  # the committed reports/
+    demo = app_module.build_demo(runtime_davidnet, data_dir=data_dir)  # the committed reports/
     props = {c.get("props", {}).get("elem_id"): c.get("props", {}) for c in demo.config["components"]}
     assert props["calibration-davidnet"]["value"] == calibration.calibration_markdown("davidnet")
     assert props["faithfulness-davidnet"]["value"] == explain_eval.faithfulness_markdown("davidnet")

@@ -6,6 +6,7 @@ determinism, the pipeline's agreement with evaluation, and the "not installed" m
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -18,8 +19,8 @@ from covid_xray.inference import (
     DISPLAY_MAX_SIDE,
     Predictor,
     decode_source,
+    detail_markdown,
     display_image,
-    unavailable_markdown,
 )
 from tests.corpus import dicom_bytes, xray_like
 
@@ -150,24 +151,25 @@ def test_chexnet_missing_is_reported_not_raised(predictor_davidnet, missing_weig
     chexnet = result.models["chexnet"]
     assert chexnet.available is False
     assert chexnet.overlay is None and chexnet.label_value() is None
-    # What is missing and the exact commands: base weights first, then training.
-    assert "no trained checkpoint" in chexnet.message
-    assert str(missing_weights) in chexnet.message
-    assert "python -m covid_xray.weights" in chexnet.message
-    assert "python train.py --model chexnet" in chexnet.message
-    assert result.to_api_json()["chexnet"] == {"available": False, "message": chexnet.message}
+    # One line for visitors; the operator's detail has the commands: base weights first, then training.
+    assert chexnet.message == "CheXNet is not installed on this server."
+    detail = chexnet.detail
+    assert detail.index("python -m covid_xray.weights") < detail.index("python train.py --model chexnet")
+    assert not re.search(r"(^|\s)/\w", detail), detail  # no server paths
+    assert str(missing_weights.parent) not in detail
+    assert result.to_api_json()["chexnet"] == {"available": False, "message": chexnet.message, "detail": detail}
     assert result.models["davidnet"].available
-    panel = unavailable_markdown("CheXNet", chexnet.message)
-    assert "CheXNet not installed" in panel and "python train.py --model chexnet" in panel
+    panel = detail_markdown(detail)
+    assert "```bash\npip install kagglehub\npython -m covid_xray.weights fetch-kaggle\n```" in panel
 
 
 def test_chexnet_message_when_only_the_training_is_missing(tmp_path):
     weights = tmp_path / "chexnet_base.h5"
     weights.write_bytes(b"present")
     predictor = Predictor.from_checkpoints(tmp_path / "empty", weights, warm_up=False)
-    message = predictor.status_message("chexnet")
-    assert "base weights found" in message and "python train.py --model chexnet" in message
-    assert "python train.py --model davidnet" in predictor.status_message("davidnet")
+    detail = predictor.status_detail("chexnet")
+    assert "python train.py --model chexnet" in detail and "covid_xray.weights" not in detail
+    assert "python train.py --model davidnet" in predictor.status_detail("davidnet")
 
 
 def test_no_model_installed_still_decodes_and_answers(tmp_path):
@@ -190,7 +192,8 @@ def test_corrupted_checkpoint_is_unavailable_with_the_reason(checkpoint_dir_davi
     target.write_bytes(bytes(data))
     predictor = Predictor.from_checkpoints(broken, tmp_path / "none.h5", warm_up=False)
     assert not predictor.is_available("davidnet")
-    assert "sha256" in predictor.status_message("davidnet")
+    assert "failed a check" in predictor.status_message("davidnet")
+    assert "sha256" in predictor.status_detail("davidnet")
 
 
 def test_bad_input_raises_the_decoder_error(predictor_davidnet):

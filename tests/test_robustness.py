@@ -18,6 +18,7 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
@@ -26,6 +27,7 @@ from covid_xray import config
 from covid_xray.config import CLASS_NAMES, MODELS
 from covid_xray.imaging import ImageDecodeError
 from covid_xray.inference import Predictor, decode_source
+from covid_xray.runtime import AppRuntime
 from tests.app_fixtures import PROJECT_ROOT, SERVER_MAX_UPLOAD_BYTES
 from tests.corpus import CorpusCase, build_corpus, colour_photo, xray_like
 
@@ -134,19 +136,17 @@ def test_guard_features_come_from_the_explainer_pass_and_match_a_separate_pass(d
         assert check.scores["mahalanobis"] == pytest.approx(separate, rel=1e-4), method
 
 
-def test_page_shows_the_warning_above_the_model_columns(app_module, predictor_davidnet, data_dir, tmp_path):
+def test_page_shows_the_warning_above_the_model_columns(app_module, runtime_davidnet, data_dir, tmp_path):
     photo = tmp_path / "holiday.png"
     Image.fromarray(colour_photo(300, 300)).save(photo)
-    values = app_module.diagnose_checked(predictor_davidnet, str(photo), "gradcam", 0.4)
-    plain = app_module.diagnose(predictor_davidnet, str(photo), "gradcam", 0.4)
-    assert len(values) == len(plain) + 1 and values[-2] == plain[-1]  # diagnose's outputs, then the warning
-    warning = values[-1]
+    values = app_module.diagnose(runtime_davidnet, str(photo), "gradcam", 0.4)
+    warning = values[-1]  # the last output: the input-check warning
     assert OOD_HEADLINE in warning and COLOUR_WARNING in warning
     assert values[-2]["input_check"]["is_xray_likely"] is False
-    real = app_module.diagnose_checked(predictor_davidnet, str(data_dir / COVID_IMAGE), "gradcam", 0.4)
+    real = app_module.diagnose(runtime_davidnet, str(data_dir / COVID_IMAGE), "gradcam", 0.4)
     assert real[-1] == "" and real[-2]["input_check"]["is_xray_likely"] is True
     # The warning component sits in the Diagnose tab, before the model columns.
-    demo = app_module.build_demo(predictor_davidnet, data_dir=data_dir)
+    demo = app_module.build_demo(runtime_davidnet, data_dir=data_dir)
     ids = [c.get("props", {}).get("elem_id") for c in demo.config["components"]]
     assert ids.index("input-check") < ids.index("diagnose-davidnet")
 
@@ -162,25 +162,28 @@ def test_tampered_checkpoint_is_shown_as_unavailable(
         handle.write(b"\0")
     predictor = Predictor.from_checkpoints(tampered, missing_weights, warm_up=False)
     assert not predictor.is_available("davidnet")
-    message = predictor.status_message("davidnet")
-    assert "does not match its recorded sha256" in message and "davidnet.keras" in message
+    message, detail = predictor.status_message("davidnet"), predictor.status_detail("davidnet")
+    assert message == "DavidNet could not be loaded on this server (its checkpoint failed a check)."
+    assert "does not match its recorded sha256" in detail and "davidnet.keras" in detail
+    assert str(tampered) not in detail  # operator detail, but no server paths
     # The app starts and shows the reason in DavidNet's column, not a traceback.
-    demo = app_module.build_demo(predictor, data_dir=data_dir)
+    runtime = AppRuntime.serving(predictor)
+    demo = app_module.build_demo(runtime, data_dir=data_dir)
     panels = {
         c["props"]["elem_id"]: c["props"].get("value", "")
         for c in demo.config["components"]
         if c.get("props", {}).get("elem_id", "").endswith("-missing")
     }
-    assert "does not match its recorded sha256" in panels["diagnose-davidnet-missing"]
+    assert panels["diagnose-davidnet-missing"] == message
     # The API still answers: DavidNet unavailable with the message, the input still checked.
-    payload = app_module.api_predict(predictor, str(data_dir / COVID_IMAGE))
-    assert payload["davidnet"] == {"available": False, "message": message}
+    payload = app_module.api_predict(runtime, str(data_dir / COVID_IMAGE))
+    assert payload["davidnet"] == {"available": False, "state": "missing", "message": message, "detail": detail}
     _assert_input_check(payload["input_check"])
 
 
-def test_every_model_event_shares_the_model_queue(app_module, predictor_davidnet, data_dir):
+def test_every_model_event_shares_the_model_queue(app_module, runtime_davidnet, data_dir):
     """Requests beyond the concurrency limit wait in one queue instead of oversubscribing 2 vCPUs."""
-    demo = app_module.build_demo(predictor_davidnet, data_dir=data_dir)
+    demo = app_module.build_demo(runtime_davidnet, data_dir=data_dir)
     # Events that take inputs and write a model's heatmap, plus the API (an event without inputs,
     # like clearing the upload, cannot run a model).
     model_events = [
@@ -189,14 +192,18 @@ def test_every_model_event_shares_the_model_queue(app_module, predictor_davidnet
         if fn.api_name == "predict"
         or (fn.inputs and any(str(getattr(o, "elem_id", "") or "").endswith("-overlay") for o in fn.outputs))
     ]
-    # The quiz's New quiz / Next only clear the model columns (no model runs): the only exceptions.
+    # The quiz's New quiz / Next only clear the model columns, and the status timer only shows or
+    # hides them (no model runs): the only exceptions.
     clearing = {"quiz-new", "quiz-next"}
 
     def triggers(fn) -> set[str]:
         return {str(getattr(demo.blocks.get(block_id), "elem_id", "")) for block_id, _ in fn.targets}
 
-    exempt = [fn for fn in model_events if triggers(fn) <= clearing]
-    assert len(exempt) == 2 and all(fn.concurrency_id != app_module.MODEL_QUEUE for fn in exempt)
+    def is_timer(fn) -> bool:
+        return all(isinstance(demo.blocks.get(block_id), gr.Timer) for block_id, _ in fn.targets)
+
+    exempt = [fn for fn in model_events if triggers(fn) <= clearing or is_timer(fn)]
+    assert len(exempt) == 3 and all(fn.concurrency_id != app_module.MODEL_QUEUE for fn in exempt)
     model_events = [fn for fn in model_events if fn not in exempt]
     # Diagnose: upload, example, 2 settings, API; gallery: case, 2 settings; quiz: 3 answers.
     assert len(model_events) == 11
