@@ -48,6 +48,17 @@ COLORMAP_NAME = "jet"
 MIN_COLORBAR_SIDE = 48
 # Colour-bar labels are drawn only on images at least this tall.
 MIN_COLORBAR_LABEL_SIDE = 160
+# The scale's strip beside the image: plain white, so it never hides any of the image.
+COLORBAR_BACKGROUND = (255, 255, 255)
+# heatmap_notes: a map whose pixel standard deviation (values in [0, 1]) is at most this is "flat"
+# (a uniform wash, or all zeros: no localized evidence); a compact hot spot of 1% of the image
+# already has a standard deviation of about 0.1.
+FLAT_MAP_STD_MAX = 0.05
+# heatmap_notes: "most of the map lies on the border" when its border mass (explain_eval.border_mass:
+# share of the mass in the outer 10% band of each side) exceeds this; a uniform map has 0.36.
+BORDER_NOTE_MIN = 0.5
+FLAT_MAP_NOTE = "No localized evidence for this class: the map is nearly uniform."
+BORDER_MAP_NOTE = "Most of this map lies on the image border (burned-in text, side markers), not on the lungs."
 
 
 class ExplainerError(ValueError):
@@ -429,27 +440,46 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3])
 
 
-def _draw_colorbar(canvas: np.ndarray) -> None:
-    """Draw a slim vertical colour scale (high at the top) inside the image's right margin."""
-    height, width = canvas.shape[:2]
-    bar_width = max(4, round(0.025 * width))
-    margin = max(3, round(0.02 * width))
-    bar_height = max(8, round(0.5 * height))
-    top = (height - bar_height) // 2
-    left = width - margin - bar_width
-    ramp = np.rint(np.linspace(255, 0, bar_height)).astype(np.uint8)
-    canvas[top : top + bar_height, left : left + bar_width] = _colormap_lut()[ramp][:, None, :]
-    # A 1-pixel white frame keeps the scale readable on dark and bright X-ray backgrounds alike.
-    cv2.rectangle(canvas, (left - 1, top - 1), (left + bar_width, top + bar_height), (255, 255, 255), 1)
-    if height < MIN_COLORBAR_LABEL_SIDE:
-        return
-    font, scale = cv2.FONT_HERSHEY_SIMPLEX, float(np.clip(height / 700.0, 0.3, 1.0))
+def _colorbar_layout(height: int) -> tuple[int, int, bool, float, int]:
+    """(strip width, bar width, labelled, font scale, thickness) of the scale beside an image this tall."""
+    bar_width = max(6, round(0.04 * height))
+    labelled = height >= MIN_COLORBAR_LABEL_SIDE
+    scale = float(np.clip(height / 700.0, 0.3, 1.0))
     thickness = 1 if scale < 0.7 else 2
-    for label, baseline_y in (("high", top - 4), ("low", top + bar_height + 4)):
-        (text_w, text_h), _ = cv2.getTextSize(label, font, scale, thickness)
-        origin = (left + bar_width - text_w, baseline_y if label == "high" else baseline_y + text_h)
-        cv2.putText(canvas, label, origin, font, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-        cv2.putText(canvas, label, origin, font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    text_width = 0
+    if labelled:
+        text_width = max(
+            cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] for label in ("high", "low")
+        )
+    margin = max(3, round(0.02 * height))
+    return 2 * margin + max(bar_width, text_width), bar_width, labelled, scale, thickness
+
+
+def colorbar_width(height: int, width: int) -> int:
+    """Width in pixels of the scale strip `render_overlay` appends to an image of this size (0: none)."""
+    return _colorbar_layout(height)[0] if min(height, width) >= MIN_COLORBAR_SIDE else 0
+
+
+def _colorbar_strip(height: int) -> np.ndarray:
+    """A white strip with a vertical colour scale (high at the top) and "high"/"low" labels."""
+    strip_width, bar_width, labelled, scale, thickness = _colorbar_layout(height)
+    strip = np.empty((height, strip_width, 3), np.uint8)
+    strip[:] = COLORBAR_BACKGROUND
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    text_height = cv2.getTextSize("high", font, scale, thickness)[0][1] if labelled else 0
+    pad = max(3, round(0.02 * height))
+    top = pad + (text_height + pad if labelled else 0)
+    bar_height = max(8, height - 2 * top)
+    top = (height - bar_height) // 2
+    left = (strip_width - bar_width) // 2
+    ramp = np.rint(np.linspace(255, 0, bar_height)).astype(np.uint8)
+    strip[top : top + bar_height, left : left + bar_width] = _colormap_lut()[ramp][:, None, :]
+    cv2.rectangle(strip, (left - 1, top - 1), (left + bar_width, top + bar_height), (96, 96, 96), 1)
+    if labelled:
+        for label, y in (("high", top - pad), ("low", top + bar_height + pad + text_height)):
+            text_w = cv2.getTextSize(label, font, scale, thickness)[0][0]
+            cv2.putText(strip, label, ((strip_width - text_w) // 2, y), font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return strip
 
 
 def render_overlay(
@@ -464,12 +494,14 @@ def render_overlay(
             bilinearly to the image size.
         alpha: heatmap opacity in [0, 1]. 0 returns the image unchanged (and no colour bar:
             nothing is overlaid, so there is nothing to read off a scale).
-        colorbar: draw a slim vertical colour scale (low at the bottom, high at the top) INSIDE
-            the image's right margin; skipped on images smaller than 48 pixels on a side.
+        colorbar: append a narrow white strip to the RIGHT of the image holding a vertical
+            colour scale (high at the top, low at the bottom, labelled on images at least 160
+            pixels tall), so the scale never covers any of the image; skipped on images smaller
+            than 48 pixels on a side.
 
     Returns:
-        uint8 RGB array of exactly the input image's size, (H, W, 3): the colour bar is drawn
-        inside the image, never appended.
+        uint8 RGB array (H, W + colorbar_width(H, W), 3): the blended image, unchanged in size
+        and position, plus the scale strip when one is drawn (without one, exactly (H, W, 3)).
     """
     image = _as_rgb(rgb)
     if not 0.0 <= float(alpha) <= 1.0:
@@ -488,6 +520,28 @@ def render_overlay(
     # colours as indexing the table with NumPy, about 6x faster on a 512x512 display image.
     colored = cv2.LUT(cv2.merge([levels, levels, levels]), _colormap_lut()[:, None, :])
     out = cv2.addWeighted(image, 1.0 - float(alpha), colored, float(alpha), 0.0)
-    if colorbar and min(height, width) >= MIN_COLORBAR_SIDE:
-        _draw_colorbar(out)
+    if colorbar and colorbar_width(height, width):
+        out = np.concatenate([out, _colorbar_strip(height)], axis=1)
     return out
+
+
+def heatmap_notes(heatmap: np.ndarray) -> list[str]:
+    """Short sentences for people about what a heatmap can and cannot show (may be empty).
+
+    - FLAT_MAP_NOTE when the map is nearly uniform (pixel std <= FLAT_MAP_STD_MAX, values in [0, 1]);
+    - BORDER_MAP_NOTE when more than BORDER_NOTE_MIN of its mass lies in the border band, by the
+      one border-mass definition of the faithfulness report (`explain_eval.border_mass`).
+
+    Args:
+        heatmap: 2-D map in [0, 1] (values outside are clipped), any size.
+    """
+    from covid_xray.explain_eval import border_mass
+
+    heat = np.asarray(heatmap, dtype=np.float64)
+    if heat.ndim != 2 or heat.size == 0:
+        raise ValueError(f"Expected a 2-D heatmap, got shape {heat.shape}.")
+    heat = np.clip(np.nan_to_num(heat, nan=0.0), 0.0, 1.0)
+    if float(heat.std()) <= FLAT_MAP_STD_MAX:
+        return [FLAT_MAP_NOTE]
+    mass = border_mass(heat)
+    return [BORDER_MAP_NOTE] if np.isfinite(mass) and mass > BORDER_NOTE_MIN else []

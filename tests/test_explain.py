@@ -16,7 +16,18 @@ from tf_keras_vis.scorecam import Scorecam
 from tf_keras_vis.utils.scores import CategoricalScore
 
 from covid_xray.config import IMAGE_SIZE, INPUT_SHAPE, MODELS, NUM_CLASSES
-from covid_xray.explain import METHODS, Explainer, ExplainerError, render_overlay
+from covid_xray.explain import (
+    BORDER_MAP_NOTE,
+    BORDER_NOTE_MIN,
+    FLAT_MAP_NOTE,
+    METHODS,
+    Explainer,
+    ExplainerError,
+    colorbar_width,
+    heatmap_notes,
+    render_overlay,
+)
+from covid_xray.explain_eval import border_mass, border_weights
 from covid_xray.models import build_chexnet, build_davidnet
 
 TINY_SHAPE = (32, 32, 3)
@@ -361,11 +372,15 @@ def _display_image(height: int = 300, width: int = 200) -> np.ndarray:
 
 @pytest.mark.parametrize("colorbar", [True, False])
 @pytest.mark.parametrize("size", [(300, 200), (IMAGE_SIZE, IMAGE_SIZE), (40, 60)])
-def test_overlay_has_the_display_image_size(size, colorbar):
+def test_overlay_keeps_the_image_and_appends_the_scale(size, colorbar):
     image = _display_image(*size)
     heatmap = np.random.default_rng(0).random((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     out = render_overlay(image, heatmap, colorbar=colorbar)
-    assert out.shape == image.shape and out.dtype == np.uint8
+    extra = colorbar_width(*size) if colorbar else 0
+    assert out.shape == (size[0], size[1] + extra, 3) and out.dtype == np.uint8
+    assert (extra > 0) == (colorbar and min(size) >= 48)
+    # The image part is the plain blend: the scale covers none of it.
+    np.testing.assert_array_equal(out[:, : size[1]], render_overlay(image, heatmap, colorbar=False))
 
 
 @pytest.mark.parametrize("colorbar", [True, False])
@@ -390,23 +405,45 @@ def test_overlay_blends_with_alpha():
     assert np.all(out == (114, 50, 50))  # 0.5 * 100 + 0.5 * (128, 0, 0), rounded
 
 
-def test_colorbar_is_drawn_inside_the_right_margin():
+def test_colorbar_is_drawn_beside_the_image_high_at_the_top():
     image = _display_image(300, 200)
     heatmap = np.zeros((10, 10), np.float32)
-    with_bar = render_overlay(image, heatmap, colorbar=True)
-    without = render_overlay(image, heatmap, colorbar=False)
-    changed_columns = np.flatnonzero(np.any(with_bar != without, axis=(0, 2)))
-    assert changed_columns.size > 0 and changed_columns.min() >= 200 * 3 // 4
-    # The bar spans the middle half of the height: high (red) near its top, low (blue) near its bottom.
-    column = changed_columns.max() - 2
-    near_top, near_bottom = with_bar[90, column].astype(int), with_bar[210, column].astype(int)
-    assert near_top[0] > near_top[2] and near_bottom[2] > near_bottom[0]
+    out = render_overlay(image, heatmap, colorbar=True)
+    strip = out[:, 200:].astype(int)
+    assert 10 <= strip.shape[1] <= 0.25 * 200
+    coloured = np.flatnonzero(np.any(strip.max(axis=2) - strip.min(axis=2) > 60, axis=0))
+    column = int(np.median(coloured))
+    rows = np.flatnonzero(strip[:, column].max(axis=1) - strip[:, column].min(axis=1) > 60)
+    top, bottom = strip[rows.min() + 2, column], strip[rows.max() - 2, column]
+    assert top[0] > top[2] and bottom[2] > bottom[0]  # red (high) above, blue (low) below
+    # "high"/"low" labels: dark text on the white strip above and below the bar.
+    assert (strip[: rows.min() - 1].min(axis=2) < 80).any() and (strip[rows.max() + 2 :].min(axis=2) < 80).any()
+
+
+def test_heatmap_notes_flat_border_and_lungs():
+    size = 224
+    yy, xx = np.mgrid[0:size, 0:size]
+    lungs = np.exp(-(((yy - 112) / 30.0) ** 2 + ((xx - 112) / 40.0) ** 2)).astype(np.float32)
+    assert heatmap_notes(lungs) == []
+    assert heatmap_notes(np.zeros((7, 7))) == [FLAT_MAP_NOTE]
+    assert heatmap_notes(np.full((52, 52), 0.9) + 0.01 * np.random.default_rng(0).random((52, 52))) == [FLAT_MAP_NOTE]
+    # A side marker in the top-left corner and text along the bottom edge.
+    border = np.zeros((size, size), np.float32)
+    border[5:20, 5:25] = 1.0
+    border[-15:, 40:180] = 1.0
+    assert border_mass(border) > BORDER_NOTE_MIN
+    assert heatmap_notes(border) == [BORDER_MAP_NOTE]
+    # Half on the lungs, half on the border band: not "most", so no note.
+    mixed = np.clip(lungs + 0.4 * (border_weights((size, size)) > 0.99) * (xx < 60), 0, 1)
+    assert border_mass(mixed) < BORDER_NOTE_MIN and heatmap_notes(mixed) == []
+    with pytest.raises(ValueError):
+        heatmap_notes(np.zeros((4, 4, 3)))
 
 
 def test_overlay_accepts_grayscale():
     gray = _display_image(80, 90)[..., 0]
     out = render_overlay(gray, np.ones((4, 4), np.float32))
-    assert out.shape == (80, 90, 3) and out.dtype == np.uint8
+    assert out.shape == (80, 90 + colorbar_width(80, 90), 3) and out.dtype == np.uint8
 
 
 @pytest.mark.parametrize(
