@@ -7,10 +7,13 @@ included, with high confidence. This guard attaches warnings to the prediction i
    colour (radiographs are grey), intensity statistics (a radiograph has contrast and many
    grey levels; a uniform, nearly black/white or flat-coloured image has not), and aspect
    ratio (detector plates are roughly square).
-2. A learned check (`FeatureGuard`): the Mahalanobis distance of the model's penultimate
-   features to the nearest class mean of the TRAINING images, with one shared (tied)
-   Ledoit-Wolf shrinkage covariance (Lee et al., NeurIPS 2018). The alarm threshold is a
-   high quantile of the VALIDATION images' distances; the test split is never used to fit.
+2. A learned check (`FeatureGuard`): the Mahalanobis distance of the model's features (for
+   DavidNet its last convolutional maps, globally averaged) to the nearest class mean of the
+   train folder's images, with one shared (tied) Ledoit-Wolf shrinkage covariance (Lee et al.,
+   NeurIPS 2018). The alarm threshold is a high quantile of OUT-OF-FOLD distances: every train
+   image scored by a Gaussian fitted on the other folds (duplicate-aware 5-fold split), i.e.
+   as far as a real chest X-ray the fit has not seen typically lies. The test split is never
+   used to fit.
 
 Usage in the app (one guard per model, built once, reused per request)::
 
@@ -25,8 +28,9 @@ Command line::
     python -m covid_xray.ood fit --model davidnet [--data-dir D] [--checkpoint-dir C]
     python -m covid_xray.ood measure --model davidnet [--data-dir D] [--out reports/ood.json]
 
-`fit` writes `checkpoints/ood_<model>.json`; `measure` prints the false-alarm rate on the 66
-official test images and the hit rate on a synthesised set of non-X-ray images, and writes
+`fit` writes `checkpoints/ood_<model>.json`; `measure` prints the false-alarm rate on real
+chest X-rays (the train folder out of fold, the 66 official test images, the curated examples,
+all 317 together) and the hit rate on a synthesised set of non-X-ray images, and writes
 `reports/ood.json`.
 """
 
@@ -109,16 +113,22 @@ PLANE_FIT_R2_MAX = 0.95
 ASPECT_RATIO_MIN, ASPECT_RATIO_MAX = 0.6, 1.7
 
 # Learned check.
-# The penultimate representation each model's Mahalanobis guard uses (the output of this layer).
-# DavidNet: its last hidden layer (64-d). CheXNet: the 1024-d globally pooled DenseNet121
-# features, i.e. the input of the small trained head; they come from the pretrained base, so
-# they describe "chest radiograph or not" far more broadly than a 64-unit head fitted on ~200
-# images.
-FEATURE_LAYERS: dict[str, str] = {"davidnet": "dense2", "chexnet": "head_flatten"}
-# The alarm threshold is this quantile of the validation images' distances: about 1% of
-# in-distribution images are expected to raise the alarm (the split has ~50 images, so this
-# is close to their maximum).
+# The representation each model's Mahalanobis guard uses (the output of this layer; maps are
+# globally averaged). DavidNet: its last convolutional block, conv3 (64 channels, also the
+# Grad-CAM layer). Its dense layers were tried first: dense2 put real adult X-rays with burned-in
+# text (test/Covid/0102.jpeg, a curated example) further out than greyscale limb and skull
+# images, because those layers encode "which class", not "a chest film"; on the pooled conv3
+# maps every test image lies below the out-of-fold threshold and every synthesised non-X-ray
+# above it (reports/ood.json). CheXNet: the 1024-d globally pooled DenseNet121 features, i.e.
+# the input of the small trained head; they come from the pretrained base, so they describe
+# "chest radiograph or not" far more broadly than a head fitted on ~250 images.
+FEATURE_LAYERS: dict[str, str] = {"davidnet": "conv3", "chexnet": "head_flatten"}
+# The alarm threshold is this quantile of the train folder's out-of-fold distances: about 1%
+# of real chest X-rays like the training ones are expected to raise the alarm.
 DEFAULT_THRESHOLD_QUANTILE = 0.99
+# Out-of-fold distances: a duplicate-aware stratified split of the train folder (data.cross_validation_folds).
+CV_FOLDS = 5
+CV_SEED = 0
 FEATURE_BATCH_SIZE = 32
 GUARD_FORMAT = "covid-xray-ood-guard"
 GUARD_VERSION = 1
@@ -404,48 +414,76 @@ class FeatureGuard:
         Raises:
             ValueError: shapes that do not fit, an empty split, or a bad quantile.
         """
-        from sklearn.covariance import LedoitWolf
-
         x = np.asarray(train_features, dtype=np.float64)
         y = np.asarray(train_labels).astype(np.int64)
         v = np.asarray(val_features, dtype=np.float64)
-        if x.ndim != 2 or x.shape[0] < 2:
-            raise ValueError(f"Expected (N >= 2, D) training features, got shape {x.shape}.")
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"Expected {x.shape[0]} training labels, got shape {y.shape}.")
+        _check_features(x, y)
         if v.ndim != 2 or v.shape[0] < 1 or v.shape[1] != x.shape[1]:
             raise ValueError(f"Expected (M >= 1, {x.shape[1]}) validation features, got shape {v.shape}.")
-        if not 0.0 < quantile <= 1.0:
-            raise ValueError(f"quantile must be in (0, 1], got {quantile}.")
-        classes = np.unique(y)
-        means = np.stack([x[y == c].mean(axis=0) for c in classes])
-        # Tied covariance: pool every image's deviation from its own class mean. With ~200
-        # images and 64..1024 features the sample covariance is (near) singular; Ledoit-Wolf
-        # shrinks it towards a scaled identity by the analytically optimal amount.
-        residuals = x - means[np.searchsorted(classes, y)]
-        lw = LedoitWolf(assume_centered=True).fit(residuals)
-        covariance = lw.covariance_
-        # A tiny ridge keeps the inverse finite when features are constant (dead ReLUs).
-        ridge = 1e-6 * max(float(np.trace(covariance)) / covariance.shape[0], 1e-12)
-        precision = np.linalg.inv(covariance + ridge * np.eye(covariance.shape[0]))
-        precision = (precision + precision.T) / 2
+        _check_quantile(quantile)
+        classes, means, precision, shrinkage = _fit_gaussian(x, y)
         info = dict(metadata.pop("info", {}) or {})
         guard = cls(means=means, precision=precision, threshold=0.0, **metadata)
         val_scores = guard.score(v)
-        train_scores = guard.score(x)
         guard.threshold = float(np.quantile(val_scores, quantile))
         info.update(
             {
-                "classes": [
-                    CLASS_NAMES[c] if 0 <= c < len(CLASS_NAMES) else str(c) for c in classes.tolist()
-                ],
+                "classes": _class_names(classes),
                 "n_train": int(x.shape[0]),
                 "n_val": int(v.shape[0]),
                 "feature_dim": int(x.shape[1]),
-                "shrinkage": float(lw.shrinkage_),
+                "shrinkage": shrinkage,
+                "threshold_source": "validation",
                 "threshold_quantile": float(quantile),
-                "train_scores": _summary(train_scores),
+                "train_scores": _summary(guard.score(x)),
                 "val_scores": _summary(val_scores),
+            }
+        )
+        guard.info = info
+        return guard
+
+    @classmethod
+    def fit_out_of_fold(
+        cls,
+        features: np.ndarray,
+        labels: np.ndarray,
+        held_out: Sequence[np.ndarray],
+        quantile: float = DEFAULT_THRESHOLD_QUANTILE,
+        **metadata: Any,
+    ) -> FeatureGuard:
+        """Fit class means and covariance on ALL `features`; set the threshold at `quantile` of
+        their out-of-fold distances (`out_of_fold_scores`).
+
+        Args:
+            features: (N, D) features of real in-distribution images (the train folder).
+            labels: (N,) class indices.
+            held_out: index arrays of the folds, covering every row exactly once.
+            quantile: in (0, 1]; 1.0 takes the out-of-fold maximum.
+            **metadata: model_name, model_sha256, feature_layer, preprocessing, info.
+
+        Raises:
+            ValueError: shapes that do not fit, folds that do not partition the rows, a bad quantile.
+        """
+        x = np.asarray(features, dtype=np.float64)
+        y = np.asarray(labels).astype(np.int64)
+        _check_features(x, y)
+        _check_quantile(quantile)
+        oof = out_of_fold_scores(x, y, held_out)
+        classes, means, precision, shrinkage = _fit_gaussian(x, y)
+        info = dict(metadata.pop("info", {}) or {})
+        guard = cls(means=means, precision=precision, threshold=float(np.quantile(oof, quantile)), **metadata)
+        info.update(
+            {
+                "classes": _class_names(classes),
+                "n_train": int(x.shape[0]),
+                "feature_dim": int(x.shape[1]),
+                "shrinkage": shrinkage,
+                "threshold_source": "out-of-fold",
+                "folds": len(held_out),
+                "threshold_quantile": float(quantile),
+                "train_scores": _summary(guard.score(x)),
+                "out_of_fold_scores": _summary(oof),
+                "out_of_fold_flagged": int(np.sum(oof > guard.threshold)),
             }
         )
         guard.info = info
@@ -541,6 +579,71 @@ class FeatureGuard:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise GuardError(f"Could not read the OOD guard {path}: {exc}") from exc
         return cls.from_dict(data)
+
+
+def _check_features(x: np.ndarray, y: np.ndarray) -> None:
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"Expected (N >= 2, D) training features, got shape {x.shape}.")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"Expected {x.shape[0]} training labels, got shape {y.shape}.")
+
+
+def _check_quantile(quantile: float) -> None:
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile}.")
+
+
+def _class_names(classes: np.ndarray) -> list[str]:
+    return [CLASS_NAMES[c] if 0 <= c < len(CLASS_NAMES) else str(c) for c in classes.tolist()]
+
+
+def _fit_gaussian(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(classes, class means, precision of the tied Ledoit-Wolf covariance, shrinkage)."""
+    from sklearn.covariance import LedoitWolf
+
+    classes = np.unique(y)
+    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    # Tied covariance: pool every image's deviation from its own class mean. With ~250 images
+    # and 64..1024 features the sample covariance is (near) singular; Ledoit-Wolf shrinks it
+    # towards a scaled identity by the analytically optimal amount.
+    residuals = x - means[np.searchsorted(classes, y)]
+    lw = LedoitWolf(assume_centered=True).fit(residuals)
+    covariance = lw.covariance_
+    # A tiny ridge keeps the inverse finite when features are constant (dead ReLUs).
+    ridge = 1e-6 * max(float(np.trace(covariance)) / covariance.shape[0], 1e-12)
+    precision = np.linalg.inv(covariance + ridge * np.eye(covariance.shape[0]))
+    return classes, means, (precision + precision.T) / 2, float(lw.shrinkage_)
+
+
+def out_of_fold_scores(features: np.ndarray, labels: np.ndarray, held_out: Sequence[np.ndarray]) -> np.ndarray:
+    """(N,) distance of each row under a Gaussian fitted WITHOUT its fold (as for an unseen image).
+
+    Raises:
+        ValueError: the folds do not cover every row exactly once, or a fold leaves too little to fit.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels).astype(np.int64)
+    n = x.shape[0]
+    order = np.sort(np.concatenate([np.asarray(f, dtype=np.int64) for f in held_out])) if held_out else np.array([])
+    if len(held_out) < 2 or not np.array_equal(order, np.arange(n)):
+        raise ValueError(f"held_out must be >= 2 folds covering each of the {n} rows exactly once.")
+    scores = np.empty(n)
+    for fold in held_out:
+        keep = np.ones(n, bool)
+        keep[fold] = False
+        if keep.sum() < 2:
+            raise ValueError("A fold leaves fewer than 2 rows to fit on.")
+        _, means, precision, _ = _fit_gaussian(x[keep], y[keep])
+        scores[fold] = FeatureGuard(means=means, precision=precision, threshold=0.0).score(x[fold])
+    return scores
+
+
+def train_folds(samples: Sequence[Any], folds: int = CV_FOLDS, seed: int = CV_SEED) -> list[np.ndarray]:
+    """Held-out index arrays of `data.cross_validation_folds` (duplicates never straddle folds)."""
+    from covid_xray import data
+
+    index = {s.relpath: i for i, s in enumerate(samples)}
+    return [np.array([index[s.relpath] for s in val]) for _, val in data.cross_validation_folds(samples, folds, seed)]
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
@@ -840,11 +943,9 @@ def fit_guard(
 ) -> tuple[FeatureGuard, Path]:
     """Fit the learned check of a trained checkpoint and save `checkpoints/ood_<model>.json`.
 
-    The training/validation split is rebuilt with the seed and validation fraction recorded
-    in the checkpoint's JSON `config`, so the validation images are the ones the model was
-    not trained on. The test split is never read. A checkpoint trained with the "paper"
-    protocol (validated on test) gets the default split of the train folder instead: its
-    validation images were seen in training, so the threshold is then on the low side.
+    Class means and covariance come from every image of the train folder; the threshold is
+    the `quantile` of their out-of-fold distances (`FeatureGuard.fit_out_of_fold` over
+    `train_folds`). The test split is never read.
 
     Args:
         layer: feature layer (default `feature_layer_name(model)`); convolutional outputs are
@@ -856,6 +957,47 @@ def fit_guard(
         GuardError: no usable feature layer.
     """
     from covid_xray import data
+
+    model, metadata, checkpoint, mode = _load_model(model_name, checkpoint_dir)
+    spec = config.get_model_spec(model_name)
+    layer = layer or feature_layer_name(model, model_name)
+    if layer not in {lay.name for lay in model.layers}:
+        raise GuardError(f"{spec.display_name} has no layer named {layer!r}.")
+    extractor = FeatureExtractor(model, layer)
+    samples = data.list_samples(data_dir, "train")
+    t0 = time.perf_counter()
+    images, labels = data.load_arrays(samples)
+    features = extractor(preprocessing.normalize(images, mode))
+    logger.info(
+        "Features of %d train-folder images from layer %r (%d-d) in %.1f s",
+        len(features),
+        layer,
+        features.shape[1],
+        time.perf_counter() - t0,
+    )
+    guard = FeatureGuard.fit_out_of_fold(
+        features,
+        labels,
+        train_folds(samples),
+        quantile=quantile,
+        model_name=model_name,
+        model_sha256=_checkpoint_sha(checkpoint, metadata),
+        feature_layer=layer,
+        preprocessing=mode,
+        info={
+            "checkpoint": checkpoint.name,
+            "fitted_on": "train folder",
+            "cv": {"folds": CV_FOLDS, "seed": CV_SEED, "duplicate_aware": True},
+            "model_protocol": _split_settings(metadata)[0],
+            "dataset_manifest": data.dataset_manifest_hash(samples),
+        },
+    )
+    path = guard.save(Path(out) if out else guard_path(model_name, checkpoint_dir))
+    return guard, path
+
+
+def _load_model(model_name: str, checkpoint_dir) -> tuple[Any, dict, Path, str]:
+    """(model, sidecar, checkpoint path, preprocessing mode) of a trained checkpoint."""
     from covid_xray.checkpoints import load_checkpoint
 
     spec = config.get_model_spec(model_name)
@@ -865,50 +1007,7 @@ def fit_guard(
     if mode not in preprocessing.PREPROCESSING_MODES:
         mode = spec.preprocessing_for("default")
         logger.warning("Checkpoint of %s records no preprocessing mode; assuming %r.", model_name, mode)
-    protocol, val_fraction, seed = _split_settings(metadata)
-    if protocol != "default":
-        logger.warning(
-            "%s was trained with the %r protocol (validated on test); the guard uses the default "
-            "validation split of the train folder instead, never the test split.",
-            spec.display_name,
-            protocol,
-        )
-    layer = layer or feature_layer_name(model, model_name)
-    if layer not in {lay.name for lay in model.layers}:
-        raise GuardError(f"{spec.display_name} has no layer named {layer!r}.")
-    extractor = FeatureExtractor(model, layer)
-    splits = data.make_splits(data_dir, protocol="default", val_fraction=val_fraction, seed=seed)
-    t0 = time.perf_counter()
-    train_x, train_y = data.load_arrays(splits["train"])
-    val_x, _ = data.load_arrays(splits["val"])
-    train_f = extractor(preprocessing.normalize(train_x, mode))
-    val_f = extractor(preprocessing.normalize(val_x, mode))
-    logger.info(
-        "Features of %d train + %d val images from layer %r (%d-d) in %.1f s",
-        len(train_f),
-        len(val_f),
-        layer,
-        train_f.shape[1],
-        time.perf_counter() - t0,
-    )
-    guard = FeatureGuard.fit(
-        train_f,
-        train_y,
-        val_f,
-        quantile=quantile,
-        model_name=model_name,
-        model_sha256=_checkpoint_sha(checkpoint, metadata),
-        feature_layer=layer,
-        preprocessing=mode,
-        info={
-            "checkpoint": checkpoint.name,
-            "split": {"protocol": "default", "val_fraction": val_fraction, "seed": seed},
-            "model_protocol": protocol,
-            "dataset_manifest": data.dataset_manifest_hash([*splits["train"], *splits["val"]]),
-        },
-    )
-    path = guard.save(Path(out) if out else guard_path(model_name, checkpoint_dir))
-    return guard, path
+    return model, metadata, checkpoint, mode
 
 
 # ---------------------------------------------------------------------------
@@ -1168,6 +1267,40 @@ def _corpus_cases(directory: Path) -> tuple[list[tuple[str, Path, str]], list[tu
 # ---------------------------------------------------------------------------
 # Measurement.
 # ---------------------------------------------------------------------------
+def _example_files() -> set[str]:
+    """Dataset-relative files of the app's curated examples (examples/examples.csv)."""
+    import csv
+
+    if not config.EXAMPLES_FILE.exists():
+        return set()
+    with config.EXAMPLES_FILE.open(newline="", encoding="utf-8") as handle:
+        return {row["file"] for row in csv.DictReader(handle)}
+
+
+def _train_out_of_fold_rows(guard: Guard, samples: Sequence[Any]) -> list[dict[str, Any]]:
+    """Rows like `_score_rows` for the train folder: cheap checks as usual, the learned check with
+    each image's OUT-OF-FOLD distance (the guard itself was fitted on these images)."""
+    from covid_xray import data
+
+    rows = []
+    for s in samples:
+        flags, _, _ = cheap_checks(imaging.load_image(s.path, draft_size=IMAGE_SIZE * 2))
+        rows.append({"category": "train", "name": s.relpath, "note": s.label, "cheap": bool(flags), "flags": flags})
+    distances: list[float | None] = [None] * len(rows)
+    if guard.learned_enabled:
+        images, labels = data.load_arrays(samples)
+        distances = out_of_fold_scores(guard.features(images), labels, train_folds(samples)).tolist()
+    for row, distance in zip(rows, distances, strict=True):
+        learned = distance is not None and distance > guard.feature_guard.threshold
+        row["flags"] = [*row["flags"], *([LEARNED_FLAG] if learned else [])]
+        row.update(
+            learned=learned,
+            flagged=bool(row["flags"]),
+            mahalanobis=None if distance is None else round(distance, 3),
+        )
+    return rows
+
+
 def _rate(flags: Sequence[bool]) -> float | None:
     return float(np.mean(flags)) if len(flags) else None
 
@@ -1230,6 +1363,9 @@ def measure(
 
     test = data.list_samples(data_dir, "test")
     test_rows = _score_rows(guard, [("test", s.relpath, s.path, s.label) for s in test])
+    train_rows = _train_out_of_fold_rows(guard, data.list_samples(data_dir, "train"))
+    examples = _example_files()
+    example_rows = [r for r in test_rows if r["name"] in examples]
     leaked: set[str] = set()
     audit_path = data.default_audit_path()
     if audit_path.exists():
@@ -1264,6 +1400,17 @@ def measure(
             "flagged_files": [
                 {"file": r["name"], "flags": r["flags"], "mahalanobis": r["mahalanobis"]}
                 for r in test_rows
+                if r["flagged"]
+            ],
+        },
+        "real_xray_false_alarm": {
+            "train_out_of_fold": _rates(train_rows),
+            "official_test": _rates(test_rows),
+            "curated_examples": _rates(example_rows),
+            "all_real": _rates([*train_rows, *test_rows]),
+            "flagged_train_files": [
+                {"file": r["name"], "flags": r["flags"], "mahalanobis": r["mahalanobis"]}
+                for r in train_rows
                 if r["flagged"]
             ],
         },
@@ -1317,8 +1464,12 @@ def format_table(result: dict[str, Any]) -> str:
             f"{_fmt(rates['cheap_only']):>7s} {_fmt(rates['learned_only']):>8s}"
         )
 
+    real = result["real_xray_false_alarm"]
+    row("false alarms: train, out of fold", real["train_out_of_fold"])
     row("false alarms: official test", result["test_false_alarm"]["official"])
     row("false alarms: leakage-free test", result["test_false_alarm"]["leakage_free"])
+    row("false alarms: curated examples", real["curated_examples"])
+    row("false alarms: all real X-rays", real["all_real"])
     row("hits: all non-X-ray inputs", result["non_xray_hit_rate"]["overall"])
     for category, rates in result["non_xray_hit_rate"]["per_category"].items():
         row(f"  hits: {category}", rates)
@@ -1337,9 +1488,11 @@ def write_report(result: dict[str, Any], path: str | os.PathLike | None = None) 
             logger.warning("Overwriting unreadable %s", path)
     report.setdefault("models", {})[result["model"]] = result
     report["description"] = (
-        "OOD guard measurement (python -m covid_xray.ood measure): fraction of the official test "
-        "images flagged (false alarms) and of synthesised non-X-ray inputs flagged (hits), for the "
-        "cheap checks, the learned feature-distance check, and both combined."
+        "OOD guard measurement (python -m covid_xray.ood measure): fraction of real chest X-rays "
+        "flagged (false alarms: the train folder with out-of-fold feature distances, the official "
+        "and leakage-free test, the curated examples, all real images together) and of synthesised "
+        "non-X-ray inputs flagged (hits), for the cheap checks, the learned feature-distance check, "
+        "and both combined."
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -1354,16 +1507,16 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         args.model, args.checkpoint_dir, args.data_dir, quantile=args.quantile, layer=args.layer, out=args.out
     )
     info = guard.info
+    oof = info["out_of_fold_scores"]
     print(
-        f"{args.model}: layer {guard.feature_layer} ({guard.dim}-d), {info['n_train']} train / "
-        f"{info['n_val']} val images, shrinkage {info['shrinkage']:.3f}"
+        f"{args.model}: layer {guard.feature_layer} ({guard.dim}-d), {info['n_train']} train-folder images, "
+        f"shrinkage {info['shrinkage']:.3f}"
     )
     print(
-        f"  train distances median {info['train_scores']['median']:.2f}, "
-        f"max {info['train_scores']['max']:.2f}; val median {info['val_scores']['median']:.2f}, "
-        f"max {info['val_scores']['max']:.2f}"
+        f"  out-of-fold distances ({info['folds']} folds) median {oof['median']:.2f}, max {oof['max']:.2f}; "
+        f"threshold (quantile {args.quantile}) = {guard.threshold:.3f}, above it: "
+        f"{info['out_of_fold_flagged']} of {info['n_train']}; written to {path}"
     )
-    print(f"  threshold (val quantile {args.quantile}) = {guard.threshold:.3f}; written to {path}")
     return 0
 
 
@@ -1394,7 +1547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quantile",
         type=float,
         default=DEFAULT_THRESHOLD_QUANTILE,
-        help="validation quantile of the threshold",
+        help="quantile of the train folder's out-of-fold distances that sets the threshold",
     )
     p.add_argument(
         "--layer", default=None, help="feature layer (default: dense2 / head_flatten; conv maps are pooled)"

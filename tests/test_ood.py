@@ -208,6 +208,34 @@ def test_fit_validates_its_inputs(kwargs, message):
         ood.FeatureGuard.fit(**args)
 
 
+def test_out_of_fold_threshold_is_the_quantile_of_held_out_distances():
+    x, y = _toy(1500, seed=4)
+    folds = np.array_split(np.random.default_rng(0).permutation(len(y)), 5)
+    guard = ood.FeatureGuard.fit_out_of_fold(x, y, folds, quantile=0.99, model_name="davidnet")
+    oof = ood.out_of_fold_scores(x, y, folds)
+    assert guard.threshold == pytest.approx(np.quantile(oof, 0.99))
+    # Held-out rows lie further out than the rows a fit has seen, never nearer on average.
+    assert np.mean(oof) >= np.mean(guard.score(x))
+    # A 5-d Gaussian: the 99th percentile of its distance is 3.88, whichever rows are held out.
+    assert guard.threshold == pytest.approx(math.sqrt(15.086), rel=0.08)
+    info = guard.info
+    assert info["threshold_source"] == "out-of-fold" and info["folds"] == 5 and info["n_train"] == len(y)
+    assert info["out_of_fold_flagged"] == int(np.sum(oof > guard.threshold))
+    # Means and covariance come from every row.
+    np.testing.assert_allclose(guard.means, [x[y == c].mean(axis=0) for c in range(3)])
+
+
+@pytest.mark.parametrize(
+    "folds",
+    [[np.arange(10)], [np.arange(5), np.arange(4)], [np.arange(6), np.arange(4, 10)]],
+    ids=["one fold", "a row missing", "a row twice"],
+)
+def test_out_of_fold_needs_a_partition(folds):
+    x, y = _toy(10, seed=5)
+    with pytest.raises(ValueError, match="exactly once"):
+        ood.out_of_fold_scores(x[:10], y[:10], folds)
+
+
 def test_score_rejects_the_wrong_feature_dimension(toy_guard):
     with pytest.raises(ValueError, match="dimension 5"):
         toy_guard.score(np.zeros((2, 4)))
@@ -296,7 +324,7 @@ def tiny_guard_dir(tiny_model, tmp_path_factory):
 def test_feature_layer_names(tiny_model):
     from covid_xray.models import build_davidnet
 
-    assert ood.feature_layer_name(build_davidnet(), "davidnet") == "dense2"
+    assert ood.feature_layer_name(build_davidnet(), "davidnet") == "conv3"
     assert ood.feature_layer_name(tiny_model, "unregistered") == "dense2"  # input of `predictions`
 
 
@@ -436,10 +464,10 @@ def test_fit_check_and_measure_with_a_random_davidnet(random_davidnet_dir, data_
     assert path == random_davidnet_dir / "ood_davidnet.json"
     splits = data.make_splits(data_dir, val_fraction=0.2, seed=42)
     info = feature_guard.info
-    assert (info["n_train"], info["n_val"]) == (len(splits["train"]), len(splits["val"]))
-    assert feature_guard.feature_layer == "dense2" and feature_guard.dim == 64
+    assert info["n_train"] == len(data.list_samples(data_dir, "train")) and info["folds"] == ood.CV_FOLDS
+    assert feature_guard.feature_layer == "conv3" and feature_guard.dim == 64
     assert math.isfinite(feature_guard.threshold) and feature_guard.threshold > 0
-    assert feature_guard.threshold <= info["val_scores"]["max"] + 1e-9
+    assert feature_guard.threshold <= info["out_of_fold_scores"]["max"] + 1e-9
     assert feature_guard.model_sha256 == read_metadata(random_davidnet_dir / "davidnet.keras")["sha256"]
 
     guard = ood.load_guard("davidnet", random_davidnet_dir)
@@ -468,6 +496,57 @@ def test_fit_check_and_measure_with_a_random_davidnet(random_davidnet_dir, data_
     )
     report = json.loads((tmp_path / "ood.json").read_text())["models"]["davidnet"]
     assert report["test_false_alarm"]["official"]["n"] == 66
+    real = report["real_xray_false_alarm"]
+    assert real["train_out_of_fold"]["n"] == info["n_train"] and real["all_real"]["n"] == info["n_train"] + 66
+    assert real["curated_examples"]["n"] == 9
+    # measure recomputes the out-of-fold distances: the same images above the threshold as fit counted.
+    assert real["train_out_of_fold"]["learned_only"] * info["n_train"] == pytest.approx(info["out_of_fold_flagged"])
     assert report["non_xray_hit_rate"]["overall"]["n"] >= 40
     assert set(report["non_xray_hit_rate"]["per_category"]) == set(ood.NON_XRAY_CATEGORIES)
     assert report["learned_check"] is True
+
+
+# ---------------------------------------------------------------------------
+# The shipped guard (checkpoints/ood_davidnet.json) on real chest X-rays.
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shipped_predictor():
+    from covid_xray.config import CHECKPOINT_DIR
+    from covid_xray.inference import Predictor
+
+    predictor = Predictor.from_checkpoints(CHECKPOINT_DIR, warm_up=False)
+    if predictor.input_guard is None or not predictor.input_guard.learned_enabled:
+        pytest.fail("The shipped DavidNet checkpoint and checkpoints/ood_davidnet.json no longer fit together.")
+    return predictor
+
+
+def test_every_curated_example_passes_the_shipped_guard(shipped_predictor, data_dir):
+    """The app's own examples must never be called "may not be a frontal chest X-ray"."""
+    import csv
+
+    from covid_xray.config import EXAMPLES_FILE
+    from covid_xray.preprocessing import resize_for_model
+
+    with EXAMPLES_FILE.open(newline="", encoding="utf-8") as handle:
+        files = [row["file"] for row in csv.DictReader(handle)]
+    assert len(files) == 9
+    guard = shipped_predictor.input_guard
+    for relpath in files:
+        rgb = imaging.load_image(data_dir / relpath)
+        # The app's path (explainer features) and the guard's own feature function agree.
+        result = shipped_predictor.predict(rgb, method="gradcam").input_check
+        direct = guard.check(rgb, resize_for_model(rgb))
+        assert result.learned_check and direct.learned_check, relpath
+        assert result.is_xray_likely and direct.is_xray_likely, f"{relpath}: {direct.warnings}"
+        assert result.scores["mahalanobis"] == pytest.approx(direct.scores["mahalanobis"], rel=1e-3)
+        assert result.scores["mahalanobis"] < guard.feature_guard.threshold
+
+
+def test_shipped_guard_flags_greyscale_non_chest_radiographs(shipped_predictor):
+    """The cheap checks pass limb and skull images; the learned check is what catches them."""
+    cases = [c for c in ood.synthetic_non_xrays(0) if c.category in ("limb", "skull")]
+    assert cases
+    for case in cases:
+        rgb = imaging.load_image(case.content)
+        result = shipped_predictor.input_guard.check(rgb)
+        assert result.flags == [ood.LEARNED_FLAG], case.name
