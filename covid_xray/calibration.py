@@ -58,6 +58,8 @@ TEMPERATURE_BOUNDS = (0.05, 20.0)
 TEMPERATURE_DECIMALS = 4
 METRIC_DECIMALS = 6
 DEFAULT_BINS = 10
+# Reliability diagrams: both axes run this far beyond [0, 1], so markers at 0 or 1 are not clipped.
+PLOT_MARGIN = 0.04
 # calibration_markdown points out a test-set ECE that rose by more than this after scaling.
 NOTABLE_ECE_CHANGE = 0.01
 FIT_COMMAND = "python -m covid_xray.calibration fit --model {name}"
@@ -287,6 +289,19 @@ def plot_reliability(
     Args:
         splits: {title: (probabilities (N, K), labels (N,))}, raw (uncalibrated) probabilities.
     """
+    fig = reliability_figure(splits, temperature, title=title, n_bins=n_bins)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # No metadata: the file only changes when the numbers do.
+    fig.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+def reliability_figure(
+    splits: Mapping[str, tuple[Any, Any]], temperature: float, *, title: str = "", n_bins: int = DEFAULT_BINS
+):
+    """The matplotlib Figure `plot_reliability` saves. Both axes run PLOT_MARGIN beyond [0, 1],
+    so a point at confidence or accuracy 1.0 (or 0.0) is drawn whole, not cut by the frame."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -328,25 +343,21 @@ def plot_reliability(
                 alpha=0.75,
                 label=label.split(":")[0],
             )
-        top.set_xlim(0, 1)
-        top.set_ylim(0, 1.02)
+        top.set_xlim(-PLOT_MARGIN, 1 + PLOT_MARGIN)
+        top.set_ylim(-PLOT_MARGIN, 1 + PLOT_MARGIN)
         top.set_xlabel("confidence (top class)")
         top.set_ylabel("accuracy")
         top.set_title(f"{name} (n={len(np.asarray(labels))})", fontsize=10)
         top.grid(alpha=0.3)
         top.legend(fontsize=7, loc="lower right")
-        bottom.set_xlim(0, 1)
+        bottom.set_xlim(-PLOT_MARGIN, 1 + PLOT_MARGIN)  # aligned with the diagram above
         bottom.set_xlabel("confidence bin")
         bottom.set_ylabel("images")
         bottom.legend(fontsize=7, loc="upper left")
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # No metadata: the file only changes when the numbers do.
-    fig.savefig(path, format="png", metadata={"Software": None})
-    return path
+    return fig
 
 
 # ---------------------------------------------------------------------------

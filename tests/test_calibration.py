@@ -162,6 +162,25 @@ def test_plot_reliability_writes_a_png(tmp_path):
         assert image.format == "PNG" and image.size[0] > image.size[1] > 100
 
 
+def test_reliability_points_at_confidence_one_are_drawn_whole():
+    """A fully confident bin puts a point at x = 1.0 (and accuracy 1.0): it must sit inside the frame."""
+    probs = np.array([[1.0, 0.0, 0.0]] * 20 + [[0.5, 0.3, 0.2]] * 5)
+    labels = np.array([0] * 20 + [1] * 5)
+    fig = calibration.reliability_figure({"test": (probs, labels)}, 1.5)
+    top, bottom = fig.axes[0], fig.axes[1]
+    points = np.concatenate([line.get_xydata() for line in top.get_lines() if line.get_marker() not in ("", "None")])
+    assert points[:, 0].max() == pytest.approx(1.0) and points[:, 1].max() == pytest.approx(1.0)
+    fig.canvas.draw()
+    frame = top.get_window_extent()
+    for line in top.get_lines():
+        if line.get_marker() in ("", "None"):
+            continue
+        radius = line.get_markersize() / 72 * fig.dpi / 2  # points -> pixels
+        for x, y in top.transData.transform(line.get_xydata()):
+            assert frame.x0 + radius <= x <= frame.x1 - radius and frame.y0 + radius <= y <= frame.y1 - radius
+    assert bottom.get_xlim() == top.get_xlim()
+
+
 # ---------------------------------------------------------------------------
 # The `fit` CLI on a tiny checkpoint (random DavidNet) and a synthetic dataset.
 # ---------------------------------------------------------------------------
