@@ -1550,7 +1550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="quantile of the train folder's out-of-fold distances that sets the threshold",
     )
     p.add_argument(
-        "--layer", default=None, help="feature layer (default: dense2 / head_flatten; conv maps are pooled)"
+        "--layer", default=None, help="feature layer (default: conv3 / head_flatten; conv maps are pooled)"
     )
     p.add_argument("--out", default=None, help="guard JSON path (default <checkpoint dir>/ood_<model>.json)")
     p.set_defaults(func=_cmd_fit)
