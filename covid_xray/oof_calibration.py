@@ -127,6 +127,10 @@ def set_scores(probs: np.ndarray, labels: np.ndarray, temperature: float) -> dic
     return scores
 
 
+def _versions(meta: dict) -> dict:
+    return {k: v for k, v in meta.get("versions", {}).items() if k != "keras_backend"}
+
+
 def fold_models(runs: Sequence[str | os.PathLike], name: str, shipped: dict) -> list[dict]:
     """Per fold run: fold, kept epoch, Keras backend, seed and how its recipe differs from the shipped one."""
     shipped_config = shipped.get("config", {})
@@ -138,11 +142,18 @@ def fold_models(runs: Sequence[str | os.PathLike], name: str, shipped: dict) -> 
             continue
         meta = json.loads(path.read_text())
         cfg = meta.get("config", {})
-        differences = {
-            key: {"fold": cfg.get(key), "shipped": shipped_config.get(key)}
-            for key in sorted(set(cfg) | set(shipped_config))
-            if key not in NON_RECIPE_KEYS and cfg.get(key) != shipped_config.get(key)
-        }
+        same_policy = meta.get("mixed_precision_policy") == shipped.get("mixed_precision_policy")
+        differences = {}
+        for key in sorted(set(cfg) | set(shipped_config)):
+            fold_value, shipped_value = cfg.get(key), shipped_config.get(key)
+            if key in NON_RECIPE_KEYS or fold_value == shipped_value:
+                continue
+            if key == "mixed_precision" and same_policy:
+                continue  # e.g. "auto" and "off" both give float32 without a GPU
+            entry = {"fold": fold_value, "shipped": shipped_value}
+            if key not in shipped_config and not fold_value:
+                entry["note"] = "option added after the shipped model was trained; the fold ran its off value"
+            differences[key] = entry
         kept = meta.get("kept", {})
         out.append(
             {
@@ -152,6 +163,9 @@ def fold_models(runs: Sequence[str | os.PathLike], name: str, shipped: dict) -> 
                 "seed": cfg.get("seed"),
                 "kept": f"{kept.get('phase')}:{kept.get('epoch')}",
                 "keras_backend": meta.get("versions", {}).get("keras_backend") or "tensorflow",
+                "mixed_precision_policy": meta.get("mixed_precision_policy"),
+                "same_dataset_as_shipped": meta.get("dataset_manifest") == shipped.get("dataset_manifest"),
+                "same_library_versions_as_shipped": _versions(meta) == _versions(shipped),
                 "recipe_differences": differences,
             }
         )
@@ -205,8 +219,11 @@ def run(
     data_dir: str | None = None,
     reports_dir: str | os.PathLike | None = None,
     expected_files: Iterable[str] | None = None,
+    note: str | None = None,
 ) -> dict:
-    """Read the fold runs, fit and check T, write calibration_oof.json + .png; return the report."""
+    """Read the fold runs, fit and check T, write calibration_oof.json + .png; return the report.
+
+    `note` (e.g. the fold commands and the machine they ran on) is stored as is."""
     from covid_xray.checkpoints import write_json
 
     spec = config.get_model_spec(name)
@@ -234,14 +251,15 @@ def run(
             "shipped_backend": shipped.get("versions", {}).get("keras_backend") or "tensorflow",
             "fold_backends": backends,
             "relation_to_shipped": (
-                "The fold models are trained with the shipped recipe (same flags and seed; see recipe_differences, "
-                "which lists every config key that differs other than paths and the fold) on 4/5 of train, "
+                "The fold models are trained with the shipped recipe (same flags and seed; recipe_differences lists "
+                "every config key that differs other than paths and the fold) on 4/5 of train, "
                 "validated on the held-out fifth; the shipped model was trained on a random 80/20 split of train. "
                 f"Fold models ran on Keras backend(s) {', '.join(backends) or 'unknown'}, the shipped one on "
                 f"{shipped.get('versions', {}).get('keras_backend') or 'tensorflow'}. Test probabilities are the "
                 "shipped model's raw outputs (predictions.csv)."
             ),
             "applied_to_shipped_checkpoint": False,
+            "note": note,
         }
     )
     out = spec.report_dir(reports_dir)
@@ -261,11 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", nargs="+", required=True, help="the k fold run folders")
     parser.add_argument("--data-dir", default=None, help="dataset root (else $COVID_XRAY_DATA)")
     parser.add_argument("--reports-dir", default=None, help="reports folder (default reports/)")
+    parser.add_argument("--note", default=None, help="free text stored in the report (how the folds were run)")
     args = parser.parse_args(argv)
     from covid_xray.data import DatasetNotFoundError
 
     try:
-        report = run(args.model, args.runs, args.data_dir, args.reports_dir)
+        report = run(args.model, args.runs, args.data_dir, args.reports_dir, note=args.note)
     except (CalibrationError, DatasetNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
