@@ -63,12 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logical-cpus", type=int, default=0, help="split the CPU into N logical devices (tests --strategy mirrored without GPUs)")
     p.add_argument("--max-per-class", type=int, default=0, help="use at most N images per class and split (quick smoke runs)")
     p.add_argument("--install", action="store_true",
-                   help="save the checkpoint where the app loads it: --checkpoint-dir, else $COVID_XRAY_CHECKPOINT_DIR, "
-                        "else checkpoints/ (replaces the model there)")
+                   help="save the checkpoint where the app loads it: --checkpoint-dir, else "
+                        "$COVID_XRAY_CHECKPOINT_DIR, else checkpoints/ (replaces the model there)")
     p.add_argument("--checkpoint-dir", default=None,
                    help="save the checkpoint in this folder instead of the run folder (installs it there)")
     p.add_argument("--run-dir", default=None,
-                   help="run folder: logs, validation predictions, and the checkpoint unless installed; None = runs/<model>-<time>")
+                   help="run folder: logs, validation predictions, and the checkpoint unless installed; "
+                        "None = runs/<model>-<time>")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -77,11 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from covid_xray.config import resolve_checkpoint_dir
     from covid_xray.data import DatasetNotFoundError
     from covid_xray.training import TrainConfig, train
     from covid_xray.weights import WeightsError
-
-    from covid_xray.config import resolve_checkpoint_dir
 
     values = vars(args).copy()
     values["verbose"] = 0 if values.pop("quiet") else 1

@@ -6,8 +6,10 @@ and reused. The probabilities, the Grad-CAM map and the Grad-CAM++ map come from
 ``tf.function`` (one forward pass, one backward pass from the logit to the target layer only,
 then two sets of channel weights on the same gradients): tracing DenseNet121 takes seconds on
 2 vCPUs, so one trace instead of three keeps start-up short, and the second map costs well under
-a millisecond. Score-CAM (Faster-Score-CAM) is a second compiled function, traced on first use;
-its cost per request is the forward pass of ``scorecam_max_n`` masked images.
+a millisecond. Probabilities alone (the API, the command line) come from a forward-only compiled
+function of the same graph: no gradient tape, no CAM arithmetic. Score-CAM (Faster-Score-CAM)
+is a third compiled function, traced on first use; its cost per request is the forward pass of
+``scorecam_max_n`` masked images.
 
 Score choice. Both models end in ``Dense(n, softmax)``. The gradient of a softmax probability
 vanishes when the model is confident (p -> 1), which gives empty maps exactly on the clearest
@@ -58,7 +60,9 @@ FLAT_MAP_STD_MAX = 0.05
 # share of the mass in the outer 10% band of each side) exceeds this; a uniform map has 0.36.
 BORDER_NOTE_MIN = 0.5
 FLAT_MAP_NOTE = "No localized evidence for this class: the map is nearly uniform."
-BORDER_MAP_NOTE = "Most of this map lies on the image border (burned-in text, side markers), not on the lungs."
+BORDER_MAP_NOTE = (
+    "Most of this map lies on the image border (burned-in text, side markers), not on the lungs."
+)
 
 
 class ExplainerError(ValueError):
@@ -255,6 +259,9 @@ class Explainer:
         # gradient methods: see the module docstring.
         signature = [tf.TensorSpec((1, *input_shape), tf.float32), tf.TensorSpec((), tf.int32)]
         self._interactive = tf.function(self._interactive_impl, input_signature=signature)
+        # Probabilities (and guard features) alone: the forward pass without the gradient tape,
+        # CAM arithmetic or upsampling (`predict`, `analyse(x, None)`: the API's path).
+        self._forward = tf.function(self._forward_impl, input_signature=signature[:1])
 
         # Score-CAM: one more compiled function, traced on its first use (rarely asked for, and a
         # DenseNet121 trace costs seconds of start-up). The network runs in it twice, on the image
@@ -266,6 +273,21 @@ class Explainer:
         self._scorecam = tf.function(self._scorecam_impl, input_signature=signature)
 
     # ------------------------------------------------------------------ compiled graph body
+    @staticmethod
+    def _pooled_features(extra: list) -> tf.Tensor:
+        """The `feature_layer` output as one vector (spatial maps averaged); (0,) without one."""
+        if not extra:
+            return tf.zeros((0,), tf.float32)
+        features = tf.cast(extra[0], tf.float32)
+        if len(features.shape) == 4:  # feature maps: one value per channel
+            features = tf.reduce_mean(features, axis=(1, 2))
+        return tf.reshape(features, (-1,))
+
+    def _forward_impl(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(probabilities, features) from the same graph as `_interactive_impl`, forward only."""
+        _, logits, *extra = self._interactive_model(x, training=False)
+        return tf.nn.softmax(tf.cast(logits, tf.float32))[0], self._pooled_features(extra)
+
     def _interactive_impl(self, x: tf.Tensor, class_index: tf.Tensor) -> _InteractiveResult:
         # Watching the input records the whole forward pass, so the gradient reaches the target
         # layer even when its weights are frozen (CheXNet's DenseNet base is not trainable).
@@ -278,13 +300,7 @@ class Explainer:
             score = tf.gather(logits[0], target)
         grads = tf.cast(tape.gradient(score, activations), tf.float32)
         activations = tf.cast(activations, tf.float32)
-        if extra:
-            features = tf.cast(extra[0], tf.float32)
-            if len(features.shape) == 4:  # feature maps: one value per channel
-                features = tf.reduce_mean(features, axis=(1, 2))
-            features = tf.reshape(features, (-1,))
-        else:
-            features = tf.zeros((0,), tf.float32)
+        features = self._pooled_features(extra)
         return _InteractiveResult(
             tf.nn.softmax(logits)[0],
             self._cam_from(grads, activations, score, _gradcam_weights),
@@ -334,17 +350,20 @@ class Explainer:
     def warm_up(self, methods: tuple[str, ...] = METHODS) -> None:
         """Trace the compiled functions behind `methods` once, on a blank image.
 
-        `predict`, Grad-CAM and Grad-CAM++ share one compiled function: warming any of them warms
-        all three. Score-CAM (traced on first use otherwise) is warmed only when listed.
+        The forward pass (`predict`, `analyse(x, None)`) is always traced. Grad-CAM and Grad-CAM++
+        share one compiled function: warming either warms both. Score-CAM (traced on first use
+        otherwise) is warmed only when listed.
         """
         blank = np.zeros(self.input_shape, np.float32)
         self.predict(blank)
+        if "gradcam" in methods or "gradcam++" in methods:
+            self.explain(blank, "gradcam")
         if "scorecam" in methods:
             self.explain(blank, "scorecam")
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities, shape (num_classes,), from the compiled function."""
-        return self._interactive(self._as_batch(x), tf.constant(-1, tf.int32)).probs.numpy()
+        """Class probabilities, shape (num_classes,), from the compiled forward pass."""
+        return self._forward(self._as_batch(x))[0].numpy()
 
     def analyse(self, x: np.ndarray, method: str | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Probabilities, the heatmap of the predicted class (None when `method` is None) and the
@@ -357,10 +376,12 @@ class Explainer:
         if method == "scorecam":
             probs, heatmap = self.explain(x, method)
             return probs, heatmap, None
-        if method is not None:
-            _check_method(method)
+        if method is None:  # probabilities only: a plain forward pass, no gradients
+            probs, features = self._forward(self._as_batch(x))
+            return probs.numpy(), None, (features.numpy() if self.feature_layer else None)
+        _check_method(method)
         result = self._interactive(self._as_batch(x), tf.constant(-1, tf.int32))
-        heatmap = None if method is None else _gradient_cam(result, method).heatmap.numpy()
+        heatmap = _gradient_cam(result, method).heatmap.numpy()
         features = result.features.numpy() if self.feature_layer else None
         return result.probs.numpy(), heatmap, features
 
@@ -449,7 +470,8 @@ def _colorbar_layout(height: int) -> tuple[int, int, bool, float, int]:
     text_width = 0
     if labelled:
         text_width = max(
-            cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] for label in ("high", "low")
+            cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0]
+            for label in ("high", "low")
         )
     margin = max(3, round(0.02 * height))
     return 2 * margin + max(bar_width, text_width), bar_width, labelled, scale, thickness
@@ -478,7 +500,8 @@ def _colorbar_strip(height: int) -> np.ndarray:
     if labelled:
         for label, y in (("high", top - pad), ("low", top + bar_height + pad + text_height)):
             text_w = cv2.getTextSize(label, font, scale, thickness)[0][0]
-            cv2.putText(strip, label, ((strip_width - text_w) // 2, y), font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+            origin = ((strip_width - text_w) // 2, y)
+            cv2.putText(strip, label, origin, font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
     return strip
 
 

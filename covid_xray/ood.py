@@ -615,7 +615,9 @@ def _fit_gaussian(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return classes, means, (precision + precision.T) / 2, float(lw.shrinkage_)
 
 
-def out_of_fold_scores(features: np.ndarray, labels: np.ndarray, held_out: Sequence[np.ndarray]) -> np.ndarray:
+def out_of_fold_scores(
+    features: np.ndarray, labels: np.ndarray, held_out: Sequence[np.ndarray]
+) -> np.ndarray:
     """(N,) distance of each row under a Gaussian fitted WITHOUT its fold (as for an unseen image).
 
     Raises:
@@ -624,7 +626,8 @@ def out_of_fold_scores(features: np.ndarray, labels: np.ndarray, held_out: Seque
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels).astype(np.int64)
     n = x.shape[0]
-    order = np.sort(np.concatenate([np.asarray(f, dtype=np.int64) for f in held_out])) if held_out else np.array([])
+    rows = [np.asarray(f, dtype=np.int64) for f in held_out]
+    order = np.sort(np.concatenate(rows)) if rows else np.array([], np.int64)
     if len(held_out) < 2 or not np.array_equal(order, np.arange(n)):
         raise ValueError(f"held_out must be >= 2 folds covering each of the {n} rows exactly once.")
     scores = np.empty(n)
@@ -643,7 +646,8 @@ def train_folds(samples: Sequence[Any], folds: int = CV_FOLDS, seed: int = CV_SE
     from covid_xray import data
 
     index = {s.relpath: i for i, s in enumerate(samples)}
-    return [np.array([index[s.relpath] for s in val]) for _, val in data.cross_validation_folds(samples, folds, seed)]
+    splits = data.cross_validation_folds(samples, folds, seed)
+    return [np.array([index[s.relpath] for s in val]) for _, val in splits]
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
@@ -1285,7 +1289,9 @@ def _train_out_of_fold_rows(guard: Guard, samples: Sequence[Any]) -> list[dict[s
     rows = []
     for s in samples:
         flags, _, _ = cheap_checks(imaging.load_image(s.path, draft_size=IMAGE_SIZE * 2))
-        rows.append({"category": "train", "name": s.relpath, "note": s.label, "cheap": bool(flags), "flags": flags})
+        rows.append(
+            {"category": "train", "name": s.relpath, "note": s.label, "cheap": bool(flags), "flags": flags}
+        )
     distances: list[float | None] = [None] * len(rows)
     if guard.learned_enabled:
         images, labels = data.load_arrays(samples)

@@ -17,6 +17,7 @@ import os
 import platform
 import random
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ class TrainConfig:
     fine_tune: bool = False
     chexnet_weights: str | None = None
     feature_views: int = 4  # augmented views per training image cached for the head
-    feature_cache_dir: str | None = None  # cached features; default $COVID_XRAY_CACHE, else ~/.cache/covid-xray
+    feature_cache_dir: str | None = None  # cached features (default $COVID_XRAY_CACHE or ~/.cache/covid-xray)
     # Infrastructure.
     strategy: str = "auto"
     mixed_precision: str = "auto"  # auto = on when a GPU is used
@@ -299,7 +300,9 @@ def _history_rows(history, phase: str, lr_key: str = "learning_rate") -> list[di
 # ---------------------------------------------------------------------------
 # Training loops.
 # ---------------------------------------------------------------------------
-def _fit_phases(cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run_dir, strategy, progress=None):
+def _fit_phases(
+    cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run_dir, strategy, progress=None
+):
     """Run the plain phase then (optionally) the augmented phase; keep the best val-loss weights.
 
     `model_fn` builds and compiles the model inside the strategy scope; `progress` (a ProgressFn)
@@ -389,7 +392,9 @@ def _train_end_to_end(cfg, splits, arrays, class_weight, run_dir, strategy, prog
             model = models.build_chexnet(weights=_chexnet_weights_path(cfg), trainable_base=True)
         return _compile(model, cfg.learning_rate, cfg.label_smoothing, cfg.weight_decay)
 
-    return _fit_phases(cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run_dir, strategy, progress)
+    return _fit_phases(
+        cfg, model_fn, train_plain, train_aug, val_ds, class_weight, run_dir, strategy, progress
+    )
 
 
 def _chexnet_weights_path(cfg: TrainConfig) -> Path:
@@ -399,23 +404,57 @@ def _chexnet_weights_path(cfg: TrainConfig) -> Path:
     return require_chexnet_weights(cfg.chexnet_weights)
 
 
+# Images per forward pass of the frozen DenseNet121 base: measured fastest on 2 vCPUs
+# (`benchmarks/bench.py` times 16, 32 and 64; per-image CPU cost is nearly flat above 16).
+FEATURE_BATCH_SIZE = 32
+
+
+def _pooled_function(base_model):
+    """The compiled `base -> global average pool` function of `base_model`, built once per model.
+
+    Its input signature leaves the batch size free, so every batch (the last, shorter one too)
+    and every later call (train, val, augmented views) reuse ONE trace of DenseNet121, which
+    costs seconds of CPU.
+    """
+    import tensorflow as tf
+
+    pooled = _POOLED_FUNCTIONS.get(base_model)
+    if pooled is None:
+        spec = tf.TensorSpec((None, *base_model.input.shape[1:]), tf.float32)
+        model_ref = weakref.ref(base_model)  # the cache must not keep the model alive
+
+        def pool(x):
+            return tf.reduce_mean(model_ref()(x, training=False), axis=(1, 2))
+
+        pooled = tf.function(pool, input_signature=[spec])
+        _POOLED_FUNCTIONS[base_model] = pooled
+    return pooled
+
+
+_POOLED_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def extract_features(
-    base_model, images: np.ndarray, mode: str, batch_size: int = 32, on_batch: Callable[[int], None] | None = None
+    base_model,
+    images: np.ndarray,
+    mode: str,
+    batch_size: int = FEATURE_BATCH_SIZE,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Globally pooled DenseNet121 features (N, 1024) of uint8 images, in batches.
 
     Global average pooling is the head's first operation and has no weights, so pooled
     features are exactly what the head's dense layers see. `on_batch(n)` hears of each batch
-    of n images done.
+    of n images done. The compiled function is traced once per `base_model` (see
+    `_pooled_function`).
     """
-    import tensorflow as tf
-
     from covid_xray.preprocessing import normalize
 
-    pooled = tf.function(lambda x: tf.reduce_mean(base_model(x, training=False), axis=(1, 2)))
+    pooled = _pooled_function(base_model)
     out = []
     for start in range(0, len(images), batch_size):
-        out.append(pooled(normalize(images[start : start + batch_size], mode)).numpy())
+        batch = np.asarray(normalize(images[start : start + batch_size], mode), np.float32)
+        out.append(pooled(batch).numpy())
         if on_batch is not None:
             on_batch(len(out[-1]))
     return np.concatenate(out) if out else np.zeros((0, 1024), np.float32)
@@ -447,7 +486,7 @@ def _feature_cache_key(cfg: TrainConfig, weights_sha: str, relpaths: list[str], 
 
 
 def feature_cache_dir(cfg: TrainConfig) -> Path:
-    """Where CheXNet features are cached: cfg.feature_cache_dir, else $COVID_XRAY_CACHE, else ~/.cache/covid-xray."""
+    """CheXNet feature cache: cfg.feature_cache_dir, else $COVID_XRAY_CACHE, else ~/.cache/covid-xray."""
     default = os.environ.get("COVID_XRAY_CACHE") or Path.home() / ".cache" / "covid-xray"
     return Path(cfg.feature_cache_dir or default).expanduser()
 
@@ -617,7 +656,9 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
 
     t0 = time.perf_counter()
     if cfg.model == "chexnet" and not cfg.fine_tune:
-        model, rows, kept = _train_chexnet_head(cfg, splits, arrays, class_weight, run_dir, strategy, progress)
+        model, rows, kept = _train_chexnet_head(
+            cfg, splits, arrays, class_weight, run_dir, strategy, progress
+        )
     else:
         model, rows, kept = _train_end_to_end(cfg, splits, arrays, class_weight, run_dir, strategy, progress)
     train_seconds = time.perf_counter() - t0

@@ -182,7 +182,8 @@ def missing_weights_message(path: str | os.PathLike) -> str:
     """
     path = Path(path).expanduser().resolve()
     env = os.environ.get(config.CHEXNET_WEIGHTS_ENV_VAR)
-    source = f" (set by ${config.CHEXNET_WEIGHTS_ENV_VAR})" if env and Path(env).expanduser().resolve() == path else ""
+    from_env = bool(env) and Path(env).expanduser().resolve() == path
+    source = f" (set by ${config.CHEXNET_WEIGHTS_ENV_VAR})" if from_env else ""
     dest = _dest_flag(path)
     return (
         f"CheXNet weights are missing: no file at {path}{source}. CheXNet needs the published "

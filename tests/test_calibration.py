@@ -168,7 +168,8 @@ def test_reliability_points_at_confidence_one_are_drawn_whole():
     labels = np.array([0] * 20 + [1] * 5)
     fig = calibration.reliability_figure({"test": (probs, labels)}, 1.5)
     top, bottom = fig.axes[0], fig.axes[1]
-    points = np.concatenate([line.get_xydata() for line in top.get_lines() if line.get_marker() not in ("", "None")])
+    marked = [line for line in top.get_lines() if line.get_marker() not in ("", "None")]
+    points = np.concatenate([line.get_xydata() for line in marked])
     assert points[:, 0].max() == pytest.approx(1.0) and points[:, 1].max() == pytest.approx(1.0)
     fig.canvas.draw()
     frame = top.get_window_extent()

@@ -144,6 +144,10 @@ def test_assert_one_paragraph_catches_the_old_garbled_message():
     )
     with pytest.raises(AssertionError):
         assert_one_paragraph(garbled)
-    for broken in (garbled.replace("\n\n", "\n"), "Traceback (most recent call last):", "a https:/b.org link"):
+    for broken in (
+        garbled.replace("\n\n", "\n"),
+        "Traceback (most recent call last):",
+        "a https:/b.org link",
+    ):
         with pytest.raises(AssertionError):
             assert_one_paragraph(broken)

@@ -417,7 +417,8 @@ def test_colorbar_is_drawn_beside_the_image_high_at_the_top():
     top, bottom = strip[rows.min() + 2, column], strip[rows.max() - 2, column]
     assert top[0] > top[2] and bottom[2] > bottom[0]  # red (high) above, blue (low) below
     # "high"/"low" labels: dark text on the white strip above and below the bar.
-    assert (strip[: rows.min() - 1].min(axis=2) < 80).any() and (strip[rows.max() + 2 :].min(axis=2) < 80).any()
+    above, below = strip[: rows.min() - 1], strip[rows.max() + 2 :]
+    assert (above.min(axis=2) < 80).any() and (below.min(axis=2) < 80).any()
 
 
 def test_heatmap_notes_flat_border_and_lungs():
@@ -426,7 +427,8 @@ def test_heatmap_notes_flat_border_and_lungs():
     lungs = np.exp(-(((yy - 112) / 30.0) ** 2 + ((xx - 112) / 40.0) ** 2)).astype(np.float32)
     assert heatmap_notes(lungs) == []
     assert heatmap_notes(np.zeros((7, 7))) == [FLAT_MAP_NOTE]
-    assert heatmap_notes(np.full((52, 52), 0.9) + 0.01 * np.random.default_rng(0).random((52, 52))) == [FLAT_MAP_NOTE]
+    wash = np.full((52, 52), 0.9) + 0.01 * np.random.default_rng(0).random((52, 52))
+    assert heatmap_notes(wash) == [FLAT_MAP_NOTE]
     # A side marker in the top-left corner and text along the bottom edge.
     border = np.zeros((size, size), np.float32)
     border[5:20, 5:25] = 1.0

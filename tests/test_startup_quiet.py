@@ -12,7 +12,9 @@ import pytest
 import covid_xray
 from covid_xray.config import PROJECT_ROOT
 
-pytestmark = pytest.mark.skipif(covid_xray.has_nvidia_device(), reason="this machine has (or names) an NVIDIA GPU")
+pytestmark = pytest.mark.skipif(
+    covid_xray.has_nvidia_device(), reason="this machine has (or names) an NVIDIA GPU"
+)
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
@@ -27,7 +29,10 @@ def _noise(stderr: str) -> list[str]:
     return [
         line
         for line in stderr.splitlines()
-        if "cuInit" in line or "CUDA" in line or "cuda" in line or line.startswith(("E0000", "I0000", "W0000"))
+        if "cuInit" in line
+        or "CUDA" in line
+        or "cuda" in line
+        or line.startswith(("E0000", "I0000", "W0000"))
         or "absl::InitializeLog" in line
     ]
 
@@ -64,7 +69,7 @@ def test_the_noise_check_sees_the_old_lines():
 
 
 def test_a_gpu_machine_keeps_its_gpu(monkeypatch):
-    """With a driver device node, CUDA stays visible and errors keep showing (level 2: INFO/WARNING hidden)."""
+    """With a driver device node, CUDA stays visible and errors keep showing (level 2 hides INFO/WARNING)."""
     import glob
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

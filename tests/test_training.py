@@ -365,18 +365,18 @@ def test_plain_cli_run_leaves_the_shipped_checkpoint_alone(tmp_path, data_dir, m
     """`python train.py` saves into its run folder and says so; only --install/--checkpoint-dir replace."""
     sys.path.insert(0, str(PROJECT_ROOT))
     import train
-
     from covid_xray.config import resolve_checkpoint_dir
 
     monkeypatch.delenv("COVID_XRAY_CHECKPOINT_DIR", raising=False)
     shipped = resolve_checkpoint_dir() / "davidnet.keras"
-    before = (_sha(shipped), _sha(shipped.with_suffix(".json")), _sha(shipped.with_name("davidnet_history.csv")))
+    files = (shipped, shipped.with_suffix(".json"), shipped.with_name("davidnet_history.csv"))
+    before = [_sha(path) for path in files]
     run = tmp_path / "run"
     assert train.main(["--model", "davidnet", *TINY, "--augment-epochs", "0", "--run-dir", str(run)]) == 0
     out = capsys.readouterr().out
-    after = (_sha(shipped), _sha(shipped.with_suffix(".json")), _sha(shipped.with_name("davidnet_history.csv")))
-    assert after == before
-    for name in ("davidnet.keras", "davidnet.json", "davidnet_history.csv", "history.csv", "val_predictions.csv"):
+    assert [_sha(path) for path in files] == before
+    saved = ("davidnet.keras", "davidnet.json", "davidnet_history.csv", "history.csv", "val_predictions.csv")
+    for name in saved:
         assert (run / name).exists(), name
     assert json.loads((run / "davidnet.json").read_text())["checkpoint"] == "davidnet.keras"
     # The hint evaluates the run's own checkpoint into the run folder, not over reports/davidnet/.
@@ -388,11 +388,11 @@ def test_plain_cli_run_leaves_the_shipped_checkpoint_alone(tmp_path, data_dir, m
 def test_next_hint_names_the_folder_it_saved_to(tmp_path):
     sys.path.insert(0, str(PROJECT_ROOT))
     import train
-
     from covid_xray.config import resolve_checkpoint_dir
 
-    custom = train.next_hint("davidnet", tmp_path / "ckpt" / "davidnet.keras", tmp_path / "run", installed=True)
-    assert f"--checkpoint {tmp_path / 'ckpt' / 'davidnet.keras'} --out {tmp_path / 'ckpt' / 'report'}" in custom
+    ckpt = tmp_path / "ckpt"
+    custom = train.next_hint("davidnet", ckpt / "davidnet.keras", tmp_path / "run", installed=True)
+    assert f"--checkpoint {ckpt / 'davidnet.keras'} --out {ckpt / 'report'}" in custom
     assert "run folder" not in custom
     served = resolve_checkpoint_dir() / "davidnet.keras"
     installed = train.next_hint("davidnet", served, tmp_path / "run", installed=True)
@@ -406,7 +406,8 @@ def test_programmatic_train_saves_where_asked_and_reports_progress(tmp_path, dat
     calls = []
     cfg = TrainConfig(
         model="davidnet", data_dir=str(data_dir), epochs=2, augment_epochs=1, max_per_class=4, batch_size=8,
-        early_stopping_patience=5, checkpoint_dir=str(tmp_path / "ckpt"), run_dir=str(tmp_path / "run"), verbose=0,
+        early_stopping_patience=5, checkpoint_dir=str(tmp_path / "ckpt"), run_dir=str(tmp_path / "run"),
+        verbose=0,
     )
     result = train(cfg, progress=lambda stage, done, total: calls.append((stage, done, total)))
     assert result.checkpoint == tmp_path / "ckpt" / "davidnet.keras" and result.checkpoint.exists()

@@ -16,16 +16,16 @@ import pytest
 from covid_xray import config
 from covid_xray.models import CHEXNET_BASE_PARAMS, CHEXNET_TRAINABLE_PARAMS, build_chexnet
 from covid_xray.weights import (
+    FIX_COMMAND,
     FORMAT_KERAS2,
     FORMAT_KERAS3_ARCHIVE,
-    FIX_COMMAND,
     FORMAT_KERAS3_WEIGHTS,
     WeightsError,
     WeightsNotFoundError,
     detect_format,
     fetch,
-    load_chexnet_base_weights,
     fix_commands,
+    load_chexnet_base_weights,
     main,
     missing_weights_message,
     sha256_file,
