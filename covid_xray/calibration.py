@@ -375,7 +375,7 @@ def split_settings(metadata: Mapping[str, Any], name: str = "model") -> tuple[st
         raise PaperProtocolError(
             f"The {name} checkpoint was trained with the 'paper' protocol, whose validation split is "
             "the test split; fitting a temperature there would tune on the test set. Calibrate a "
-            "checkpoint trained with the default protocol (`python train.py --protocol default`)."
+            "checkpoint trained with the default protocol (`python train.py --protocol default --install`)."
         )
     protocol = cfg.get("protocol") or metadata.get("protocol")
     recorded = {"protocol": protocol, "val_fraction": cfg.get("val_fraction"), "seed": cfg.get("seed")}
@@ -383,7 +383,7 @@ def split_settings(metadata: Mapping[str, Any], name: str = "model") -> tuple[st
     if missing:
         raise CalibrationError(
             f"The {name} checkpoint's JSON sidecar does not record {', '.join(missing)} of its training "
-            "split, so its validation images cannot be rebuilt. Retrain it with `python train.py`."
+            "split, so its validation images cannot be rebuilt. Retrain it with `python train.py --install`."
         )
     if protocol not in config.PROTOCOLS:
         raise CalibrationError(f"Unknown protocol {protocol!r} in the {name} checkpoint's sidecar.")
@@ -450,7 +450,7 @@ def fit_model(
     checkpoint = spec.checkpoint_path(checkpoint_dir)
     if not checkpoint.exists():
         raise CheckpointError(
-            f"Checkpoint not found: {checkpoint}. Train it with `python train.py --model {name}`."
+            f"Checkpoint not found: {checkpoint}. Train it with `python train.py --model {name} --install`."
         )
     metadata = read_metadata(checkpoint)
     protocol, val_fraction, seed = split_settings(metadata, spec.display_name)
