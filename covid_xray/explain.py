@@ -365,7 +365,9 @@ class Explainer:
         """Class probabilities, shape (num_classes,), from the compiled forward pass."""
         return self._forward(self._as_batch(x))[0].numpy()
 
-    def analyse(self, x: np.ndarray, method: str | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def analyse(
+        self, x: np.ndarray, method: str | None
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Probabilities, the heatmap of the predicted class (None when `method` is None) and the
         `feature_layer` features (None without a feature layer, or for Score-CAM, whose compiled
         function does not compute them), from one call of the compiled function.

@@ -567,7 +567,9 @@ def _train_chexnet_head(cfg, splits, arrays, class_weight, run_dir, strategy, pr
     def head_fn():
         inputs = keras.Input(shape=(x_tr.shape[1],), name="pooled_features")
         x = keras.layers.Dense(64, activation="relu", name="head_dense")(inputs)
-        outputs = keras.layers.Dense(config.NUM_CLASSES, activation="softmax", dtype="float32", name="predictions")(x)
+        outputs = keras.layers.Dense(
+            config.NUM_CLASSES, activation="softmax", dtype="float32", name="predictions"
+        )(x)
         head = keras.Model(inputs, outputs, name="chexnet_head")
         return _compile(head, cfg.learning_rate, cfg.label_smoothing, cfg.weight_decay)
 
@@ -640,7 +642,8 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     seed_everything(cfg.seed, cfg.deterministic)
     policy = configure_mixed_precision(cfg.mixed_precision)
     strategy = make_strategy(cfg.strategy, cfg.logical_cpus)
-    run_dir = Path(cfg.run_dir or config.PROJECT_ROOT / "runs" / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_name = f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.run_dir or config.PROJECT_ROOT / "runs" / run_name)
     run_dir = run_dir.expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -683,7 +686,9 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
         "dataset_manifest": data.dataset_manifest_hash(all_samples),
         "split_sizes": {k: len(v) for k, v in splits.items()},
         "kept": kept,
-        "epochs_run": {phase: sum(1 for r in rows if r["phase"] == phase) for phase in ("plain", "augmented")},
+        "epochs_run": {
+            phase: sum(1 for r in rows if r["phase"] == phase) for phase in ("plain", "augmented")
+        },
         "val_accuracy": val_acc,
         "train_seconds": round(train_seconds, 1),
         "mixed_precision_policy": policy,
