@@ -1,8 +1,10 @@
-"""Command-line prediction: `python -m covid_xray.predict IMAGE [IMAGE ...] [--json] [--heatmap-dir D]`.
+"""Command-line prediction: `python -m covid_xray.predict IMAGE|FOLDER ... [--json] [--heatmap-dir D]`.
 
 Prints each model's prediction and probabilities for every file (JSON with `--json`, the same
-shape as the app's `predict` API). A file that is not a usable image gets a one-line message
-and the exit status is 1; the other files are still processed. Models load once.
+shape as the app's `predict` API); a folder stands for the image files in it and its subfolders
+(sorted). A file that is not a usable image gets a one-line message and the exit status is 1;
+the other files are still processed. Models load once; without `--heatmap-dir` each image costs
+one forward pass per model (no gradients).
 """
 
 from __future__ import annotations
@@ -17,12 +19,38 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+# What a folder argument stands for: files with these suffixes (any case), hidden files left out.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".dcm", ".dicom", ".dic"}
+)
+
+
+def expand_inputs(names: list[str]) -> list[str]:
+    """Each argument as given, except that a folder becomes its image files (recursively, sorted)."""
+    out = []
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            found = (
+                p for p in path.rglob("*")
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            out += sorted(str(p) for p in found)
+        else:
+            out.append(name)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify chest X-rays with DavidNet and CheXNet.")
-    parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, BMP, TIFF, WebP, GIF or DICOM)")
+    parser.add_argument(
+        "images", nargs="+", help="image files (JPEG, PNG, BMP, TIFF, WebP, GIF or DICOM) or folders of them"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--heatmap-dir", default=None, help="also save Grad-CAM overlays (PNG) here")
-    parser.add_argument("--checkpoint-dir", default=None, help="default: $COVID_XRAY_CHECKPOINT_DIR, else checkpoints/")
+    parser.add_argument(
+        "--checkpoint-dir", default=None, help="default: $COVID_XRAY_CHECKPOINT_DIR, else checkpoints/"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
@@ -32,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor = Predictor.from_checkpoints(args.checkpoint_dir, warm_up=False)
     method = "gradcam" if args.heatmap_dir else None
     status = 0
-    for name in args.images:
+    for name in expand_inputs(args.images):
         try:
             result = predictor.predict(name, method=method)
         except (ImageDecodeError, FileNotFoundError, IsADirectoryError) as exc:
@@ -59,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                     parts.append(f"{model}: unavailable")
             check = payload.get("input_check") or {}
             if check and not check.get("is_xray_likely", True):
-                parts.append("WARNING: may not be a frontal chest X-ray: " + " ".join(check.get("warnings", [])))
+                warnings = " ".join(check.get("warnings", []))
+                parts.append(f"WARNING: may not be a frontal chest X-ray: {warnings}")
             print(f"{name}: " + "; ".join(parts))
         if args.heatmap_dir:
             from PIL import Image
