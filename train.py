@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight the loss by sklearn 'balanced' class weights")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="cross-entropy label smoothing (not in the paper)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="decoupled weight decay of Adam (not in the paper)")
+    p.add_argument("--swa-epochs", type=int, default=d.swa_epochs,
+                   help="> 0: weight averaging: each epoch's model is the mean of the phase's last N "
+                        "epochs' weights, judged on validation like any epoch (not in the paper)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="validation share of train (default protocol)")
     p.add_argument("--cv-folds", type=int, default=d.cv_folds,
                    help="> 1: validate on one fold of a k-fold split of train instead (scripts/sweep.py --folds)")

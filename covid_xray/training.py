@@ -53,6 +53,7 @@ class TrainConfig:
     class_weights: bool = True
     label_smoothing: float = 0.0  # not in the paper; 0 = plain cross-entropy
     weight_decay: float = 0.0  # not in the paper; decoupled (AdamW-style) decay, 0 = plain Adam
+    swa_epochs: int = 0  # not in the paper; > 0: mean of the last N epochs' weights (weight_averaging.py)
     val_fraction: float = 0.2
     cv_folds: int = 0  # > 1: validate on fold `cv_fold` of a k-fold split of train (model selection studies)
     cv_fold: int = 0
@@ -319,6 +320,10 @@ def _fit_phases(
     phases = [phase for phase in phases if phase[1] > 0]
     for phase, epochs, train_ds in phases:
         callbacks, keep_best = _callbacks(cfg, run_dir, phase, best)
+        if cfg.swa_epochs:  # first, so selection, LR schedule and early stopping judge the averaged weights
+            from covid_xray.weight_averaging import window_averaging_callback
+
+            callbacks.insert(0, window_averaging_callback(cfg.swa_epochs, val_ds))
         if progress is not None:
             callbacks.append(_epoch_progress_callback(progress, len(rows), cfg.epochs + cfg.augment_epochs))
         history = model.fit(
