@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import gradio as gr
 
-from covid_xray import calibration, config, explain_eval, quiz, report
+from covid_xray import calibration, config, explain_eval, quiz, report, shortcuts, teaching
 from covid_xray.config import CLASS_DISPLAY_NAMES, CLASS_NAMES, MODELS
 from covid_xray.imaging import ImageDecodeError
 from covid_xray.inference import (
@@ -226,7 +226,9 @@ def quiz_start(mode: str, models, seed: int | None = None, data_dir=None, report
     return _quiz_question_values(state, image)
 
 
-def quiz_answer(runtime: AppRuntime, state: quiz.QuizState | None, choice: str, data_dir=None) -> list:
+def quiz_answer(
+    runtime: AppRuntime, state: quiz.QuizState | None, choice: str, data_dir=None, reports_dir=None
+) -> list:
     """The quiz outputs after the student picks `choice`: both models' live answers and heatmaps."""
     try:
         quiz.ensure_asking(state)
@@ -243,7 +245,7 @@ def quiz_answer(runtime: AppRuntime, state: quiz.QuizState | None, choice: str, 
         state,
         quiz.question_markdown(state),
         gr.skip(),
-        quiz.reveal_markdown(state),
+        quiz.reveal_markdown(state, reports_dir),
         *prediction_values(result),
         quiz.score_markdown(state),
         *quiz_controls(state),
@@ -298,7 +300,7 @@ def column_updates(runtime: AppRuntime, name: str) -> list:
             gr.update(value="", visible=False),
             gr.update(visible=False),
             gr.update(value=""),
-            gr.update(visible=True),
+            gr.update(value=f"{MODELS[name].display_name} is ready: upload or choose an image.", visible=True),
             gr.update(visible=True, label=probabilities_label(temperature)),
             gr.update(visible=True),
         ]
@@ -376,12 +378,13 @@ class ReportPanel(NamedTuple):
     reliability: gr.Image
     faithfulness: gr.Markdown
     faithfulness_image: gr.Image
+    shortcuts: gr.Markdown
 
     @property
     def outputs(self) -> list:
         return [
             self.metrics, self.operator, self.detail, *self.confusion, self.history,
-            self.calibration, self.reliability, self.faithfulness, self.faithfulness_image,
+            self.calibration, self.reliability, self.faithfulness, self.faithfulness_image, self.shortcuts,
         ]
 
 
@@ -416,9 +419,10 @@ def report_updates(name: str, reports_dir=None) -> list:
             _image_update(calibration.reliability_image_path(name, reports_dir)),
             gr.update(value=explain_eval.faithfulness_markdown(name, reports_dir), visible=True),
             _image_update(explain_eval.faithfulness_image_path(name, reports_dir)),
+            gr.update(value=shortcuts.shortcuts_markdown(name, reports_dir), visible=True),
         ]
     else:
-        extras = [gr.update(visible=False)] * 4
+        extras = [gr.update(visible=False)] * 5
     return [
         gr.update(value=report.metrics_markdown(name, reports_dir)),
         gr.update(visible=bool(detail)),
@@ -451,7 +455,64 @@ def _report_panel(name: str, reports_dir=None) -> ReportPanel:
         buttons=["fullscreen"],
         **updates[n + 4],
     )
-    return ReportPanel(name, metrics, operator, detail, tuple(confusion), history, calib, reliability, faith, faith_image)
+    probe = gr.Markdown(elem_id=f"shortcuts-{name}", **updates[n + 5])
+    return ReportPanel(
+        name, metrics, operator, detail, tuple(confusion), history, calib, reliability, faith, faith_image, probe
+    )
+
+
+class ShortcutTools(NamedTuple):
+    """The "See the shortcut" panel of a tab: a button, then per model a summary, the nearest
+    training films and the what-if chart."""
+
+    button: gr.Button
+    outputs: list
+
+
+def _shortcut_tools(prefix: str) -> ShortcutTools:
+    with gr.Accordion("See the shortcut: similar training films and a what-if probe", open=False,
+                      elem_id=f"{prefix}-shortcut"):
+        gr.Markdown(teaching.INTRO_MARKDOWN)
+        button = gr.Button("Show similar training films and probe the image", elem_id=f"{prefix}-explore")
+        outputs = []
+        with gr.Row(equal_height=False):
+            for name, spec in MODELS.items():
+                with gr.Column():
+                    outputs.append(gr.Markdown(elem_id=f"{prefix}-{name}-shortcut-summary"))
+                    outputs.append(
+                        gr.Gallery(
+                            label=f"Training films most like this one, for {spec.display_name}",
+                            columns=5,
+                            height="fit-content",
+                            allow_preview=False,
+                            object_fit="cover",
+                            elem_id=f"{prefix}-{name}-neighbours",
+                        )
+                    )
+                    outputs.append(gr.Plot(label=f"{spec.display_name}: what-if probe", elem_id=f"{prefix}-{name}-probe"))
+    return ShortcutTools(button, outputs)
+
+
+def shortcut_values(runtime: AppRuntime, source) -> list:
+    """Values for `ShortcutTools.outputs` for one image (path), or a reason when there is none."""
+    if not source:
+        return ["Choose or upload an image first.", None, None] + ["", None, None] * (len(MODELS) - 1)
+    try:
+        views = teaching.explore(runtime, source)
+    except ImageDecodeError as exc:
+        return [f"**Could not read this file.** {exc}", None, None] + ["", None, None] * (len(MODELS) - 1)
+    values = []
+    for view in views.values():
+        values += [teaching.summary_markdown(view), teaching.neighbour_items(view), teaching.probe_figure(view)]
+    return values
+
+
+def scroll_js(elem_id: str) -> str:
+    """Browser-side: bring a result into view (on a phone the results sit far below the input)."""
+    return (
+        f"() => {{ const el = document.getElementById({elem_id!r}); "
+        "if (el) el.scrollIntoView({behavior: 'smooth', block: 'start'}); }"
+    )
 
 
 def _explain_controls() -> tuple[gr.Radio, gr.Slider]:
@@ -516,6 +577,23 @@ def build_demo(
         # Per browser session: what the page last showed of the runtime (at first: as built).
         seen = gr.State(built)
 
+        # The documented API endpoint: hidden components, never triggered from the page. It is
+        # the first event on purpose: Gradio's page matches the endpoint with index 0 against the
+        # API's first endpoint, and any other event there logs "Too many arguments provided for
+        # the endpoint" in the browser console.
+        api_image = gr.File(label="image", type="filepath", visible=False)
+        api_result = gr.JSON(visible=False)
+        api_trigger = gr.Button(visible=False)
+        api_trigger.click(
+            lambda image: api_predict(runtime, image),
+            api_image,
+            api_result,
+            api_name="predict",
+            api_description="One chest X-ray file (JPEG, PNG, BMP, TIFF, WebP, GIF or DICOM) in; "
+            "each model's availability, predicted class and class probabilities out.",
+            concurrency_id=MODEL_QUEUE,
+        )
+
         # ----------------------------------------------------------- Diagnose
         with gr.Tab("Diagnose", id="diagnose"):
             source = gr.State(None)
@@ -557,14 +635,16 @@ def build_demo(
                     # The OOD guard's warning (covid_xray.ood): shown, never a refusal.
                     input_warning = gr.Markdown(elem_id="input-check")
                     diagnose_columns = _model_columns(runtime, "diagnose")
+                    diagnose_tools = _shortcut_tools("diagnose")
                     with gr.Accordion("API response (JSON)", open=False):
                         api_view = gr.JSON(show_label=False)
             model_outputs = [c for col in diagnose_columns for c in col.outputs]
             diagnose_outputs = [status, preview, *model_outputs, answer, api_view, input_warning]
 
             def on_upload(path, method_value, alpha_value):
-                # A new file clears the example selection ring.
-                return [gr.update(selected_index=None), path, "", *diagnose(runtime, path, method_value, alpha_value)]
+                # A new file clears the example selection ring (Gradio's page reads -1 as "none";
+                # None would leave the ring where it was).
+                return [gr.update(selected_index=-1), path, "", *diagnose(runtime, path, method_value, alpha_value)]
 
             def on_example(method_value, alpha_value, evt: gr.SelectData):
                 path, text = example_source(evt.index, examples_file, data_dir)
@@ -573,7 +653,8 @@ def build_demo(
             def on_settings(path, text, method_value, alpha_value):
                 return diagnose(runtime, path, method_value, alpha_value, text)
 
-            model_event = {"concurrency_id": MODEL_QUEUE, "api_visibility": "undocumented"}
+            # Page events, not API: only `predict` is (private events keep the API page to it).
+            model_event = {"concurrency_id": MODEL_QUEUE, "api_visibility": "private"}
             upload.upload(
                 on_upload,
                 [upload, method, alpha],
@@ -587,28 +668,14 @@ def build_demo(
                 api_visibility="private",
             )
             example_gallery.select(
-                on_example,
-                [method, alpha],
-                [upload, source, answer_state, *diagnose_outputs],
-                scroll_to_output=True,
-                **model_event,
+                on_example, [method, alpha], [upload, source, answer_state, *diagnose_outputs], **model_event
+            ).then(None, js=scroll_js("answer"))
+            diagnose_tools.button.click(
+                lambda path: shortcut_values(runtime, path), source, diagnose_tools.outputs, **model_event
             )
             method.change(on_settings, [source, answer_state, method, alpha], diagnose_outputs, **model_event)
             alpha.release(on_settings, [source, answer_state, method, alpha], diagnose_outputs, **model_event)
 
-            # The documented API endpoint: hidden components, never triggered from the page.
-            api_image = gr.File(label="image", type="filepath", visible=False)
-            api_result = gr.JSON(visible=False)
-            api_trigger = gr.Button(visible=False)
-            api_trigger.click(
-                lambda image: api_predict(runtime, image),
-                api_image,
-                api_result,
-                api_name="predict",
-                api_description="One chest X-ray file (JPEG, PNG, BMP, TIFF, WebP, GIF or DICOM) in; "
-                "each model's availability, predicted class and class probabilities out.",
-                concurrency_id=MODEL_QUEUE,
-            )
 
         # ----------------------------------------------------------- Error gallery
         with gr.Tab("Error gallery", id="gallery"):
@@ -651,6 +718,7 @@ def build_demo(
                     g_details = gr.Markdown(elem_id="case-details")
                     g_image = gr.Image(label="Selected image", interactive=False, height=300, elem_id="case-image")
                     gallery_columns = _model_columns(runtime, "gallery")
+                    gallery_tools = _shortcut_tools("gallery")
             g_selected = gr.State(None)  # index of the opened case in g_cases
             filters = [g_model, g_true, g_pred, g_subset, g_mode]
             for control in filters:
@@ -673,14 +741,16 @@ def build_demo(
                     return [gr.skip()] * (2 + len(case_outputs))
                 return open_case(runtime, cases, index, method_value, alpha_value, data_dir)
 
+            def on_case_tools(cases, index):
+                if index is None or index >= len(cases):
+                    return shortcut_values(runtime, None)
+                return shortcut_values(runtime, str(report.resolve_dataset_file(cases[index].file, data_dir)))
+
+            gallery_tools.button.click(on_case_tools, [g_cases, g_selected], gallery_tools.outputs, **model_event)
             case_targets = [g_details, g_image, *case_outputs]
             g_gallery.select(
-                on_case,
-                [g_cases, g_method, g_alpha],
-                [g_selected, *case_targets],
-                scroll_to_output=True,
-                **model_event,
-            )
+                on_case, [g_cases, g_method, g_alpha], [g_selected, *case_targets], **model_event
+            ).then(None, js=scroll_js("case-details"))
             g_method.change(
                 on_case_settings, [g_cases, g_selected, g_method, g_alpha], case_targets, **model_event
             )
@@ -730,6 +800,7 @@ def build_demo(
                 with gr.Column(scale=2):
                     q_reveal = gr.Markdown(elem_id="quiz-reveal")
                     quiz_columns = _model_columns(runtime, "quiz")
+                    quiz_tools = _shortcut_tools("quiz")
             q_targets = [
                 q_state,
                 q_status,
@@ -747,14 +818,25 @@ def build_demo(
                 return quiz_start(mode, installed, data_dir=data_dir, reports_dir=reports_dir)
 
             def on_quiz_answer(choice):
-                return lambda state: quiz_answer(runtime, state, choice, data_dir)
+                return lambda state: quiz_answer(runtime, state, choice, data_dir, reports_dir)
 
+            def on_quiz_tools(state):
+                # After the answer only: before it, the tools would give the class away.
+                if state is None or not state.history or state.phase == "asking":
+                    values = shortcut_values(runtime, None)
+                    values[0] = "Answer the question first: these tools give the answer away."
+                    return values
+                return shortcut_values(runtime, str(quiz.question_path(state.history[-1].question, data_dir)))
+
+            quiz_tools.button.click(on_quiz_tools, q_state, quiz_tools.outputs, **model_event)
             q_new.click(on_quiz_new, q_mode, q_targets, api_visibility="private")
             q_next.click(
                 lambda state: quiz_next(state, data_dir), q_state, q_targets, api_visibility="private"
             )
             for choice, button in zip(CLASS_NAMES, q_answers, strict=True):
-                button.click(on_quiz_answer(choice), q_state, q_targets, scroll_to_output=True, **model_event)
+                button.click(on_quiz_answer(choice), q_state, q_targets, **model_event).then(
+                    None, js=scroll_js("quiz-reveal")
+                )
 
         # ----------------------------------------------------------- Model report
         with gr.Tab("Model report", id="report"):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import keras
 
+from covid_xray.config import MODELS
 from covid_xray.hashing import sha256_file
 
 
@@ -60,7 +61,8 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> tuple[keras
     path = Path(path)
     if not path.exists():
         raise CheckpointError(
-            f"Checkpoint not found: {path}. Train it with `python train.py --model {path.stem}`."
+            f"Checkpoint not found: {path}."
+            + (f" Train and install it with `python train.py --model {path.stem} --install`." if path.stem in MODELS else "")
         )
     metadata = read_metadata(path)
     if verify and metadata.get("sha256"):

@@ -118,9 +118,21 @@ class ModelPrediction:
         text = f"**{self.display_name}: {CLASS_DISPLAY_NAMES[self.predicted]}** ({self.confidence:.1%}{note})"
         if self.method:
             text += (
-                f"  \n{METHOD_DISPLAY_NAMES[self.method]} evidence for {CLASS_DISPLAY_NAMES[self.predicted]}"
+                f"  \n{METHOD_DISPLAY_NAMES[self.method]}: where {self.display_name} looked for "
+                f"{CLASS_DISPLAY_NAMES[self.predicted]}"
             )
+        for sentence in self.heatmap_notes:
+            text += f"  \n*{sentence}*"
         return text
+
+    @property
+    def heatmap_notes(self) -> list[str]:
+        """What the heatmap cannot show, or where it mostly lies (`explain.heatmap_notes`)."""
+        if self.heatmap is None:
+            return []
+        from covid_xray.explain import heatmap_notes
+
+        return heatmap_notes(self.heatmap)
 
     def to_json(self) -> dict[str, Any]:
         if not self.available:
@@ -428,6 +440,11 @@ class Predictor:
         if name not in self.loaded:
             self.unavailable[name] = message
             self.details[name] = detail
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while a model runs: other users of the served models (the what-if probe) take it too."""
+        return self._lock
 
     @property
     def available_models(self) -> list[str]:

@@ -195,7 +195,14 @@ class Status:
 ProgressFn = Callable[[float, float], None]  # (done, total) in bytes
 
 
-def download(url: str, dest: Path, *, progress: ProgressFn | None = None, timeout: float = DOWNLOAD_TIMEOUT_S) -> str:
+def download(
+    url: str,
+    dest: Path,
+    *,
+    progress: ProgressFn | None = None,
+    timeout: float = DOWNLOAD_TIMEOUT_S,
+    title: str = "download",
+) -> str:
     """Download `url` (http(s) or file://) to `dest`, returning the file's sha256.
 
     A response shorter than its Content-Length (a broken connection) is an error.
@@ -210,7 +217,7 @@ def download(url: str, dest: Path, *, progress: ProgressFn | None = None, timeou
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0)
-            with tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
+            with tqdm(total=total or None, unit="B", unit_scale=True, desc=title, leave=False) as bar:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
@@ -418,11 +425,30 @@ class Provisioner:
             result = training.train(cfg, progress=self._head_progress)
             self.status.set("head", activity="evaluating on the test set", total=0, unit="")
             evaluate.evaluate_model(
-                "chexnet", str(config.resolve_data_dir()), str(staging / "reports"), str(result.checkpoint)
+                "chexnet", str(config.resolve_data_dir()), str(staging / "reports" / "chexnet"), str(result.checkpoint)
             )
+            self.status.set("head", activity="probing shortcuts on the test set")
+            self._shortcuts(result.checkpoint, staging / "reports")
             self._install_head(staging, result.checkpoint)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _shortcuts(self, checkpoint: Path, reports: Path) -> None:
+        """The Model report's what-if masks and nearest films across the test set (`covid_xray.shortcuts`)."""
+        from covid_xray import data, shortcuts
+        from covid_xray.checkpoints import load_checkpoint
+
+        model, metadata = load_checkpoint(checkpoint)
+        result = shortcuts.compute(
+            "chexnet",
+            model,
+            metadata["preprocessing"],
+            data.list_samples(None, "train"),
+            data.list_samples(None, "test"),
+            checkpoint_sha=metadata.get("sha256"),
+            cache_dir=self.home / "neighbours",
+        )
+        shortcuts.write(result, reports)
 
     def _head_progress(self, stage: str, done: int, total: int) -> None:
         if stage == "features":
@@ -436,7 +462,7 @@ class Provisioner:
         if reports.exists():
             shutil.rmtree(reports)
         reports.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / "reports", reports)
+        os.replace(staging / "reports" / "chexnet", reports)
         dest = config.home_checkpoint_dir()
         dest.mkdir(parents=True, exist_ok=True)
         for path in sorted(checkpoint.parent.iterdir(), key=lambda p: p.suffix == ".keras"):
@@ -450,7 +476,7 @@ class Provisioner:
         def progress(done: float, total: float) -> None:
             self.status.set(step, done=_mb(done), total=_mb(total))
 
-        return download(url, dest, progress=progress)
+        return download(url, dest, progress=progress, title=STEP_TITLES[step])
 
     def run(self) -> Status:
         """Take every step that is needed, in order; never raises (failures go to the status)."""

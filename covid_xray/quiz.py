@@ -331,7 +331,9 @@ def question_markdown(state: QuizState) -> str:
     return text
 
 
-def reveal_markdown(state: QuizState) -> str:
+def reveal_markdown(
+    state: QuizState, reports_dir: str | os.PathLike | None = None, examples_file: str | os.PathLike | None = None
+) -> str:
     """The last answered question: the truth, whether the student was right, each model's call."""
     if state.phase != "revealed" or not state.history:
         return ""
@@ -353,7 +355,33 @@ def reveal_markdown(state: QuizState) -> str:
             right = "correct" if predicted == turn.question.truth else "incorrect"
             lines.append(f"- {spec.display_name}: {CLASS_DISPLAY_NAMES[predicted]} ({right})")
     lines.append(f"\nImage: `{turn.question.file}` (test split).")
+    lines.append(teaching_note(turn.question, reports_dir, examples_file))
     return "\n".join(lines)
+
+
+def teaching_note(
+    question: Question, reports_dir: str | os.PathLike | None = None, examples_file: str | os.PathLike | None = None
+) -> str:
+    """What a teacher would add after the answer: the curated note where the image has one, else the
+    facts the project knows (source collection, child or adult, whether a copy is in training)."""
+    from covid_xray.neighbours import provenance
+
+    try:
+        notes = {e.file: e.note for e in report.load_examples(examples_file)}
+    except report.ReportError:
+        notes = {}
+    if question.file in notes:
+        return f"**Teaching note:** {notes[question.file]}"
+    source, age = provenance(question.file, question.truth)
+    facts = [f"from the {source}", "a child's film" if age == "child" else f"age: {age}"]
+    leaked = report.leaked_test_files(reports_dir)
+    if leaked is not None:
+        facts.append(
+            "a copy of it is in the training set (a model may answer from memory)"
+            if question.file in leaked
+            else "no copy of it in the training set"
+        )
+    return "**About this image:** " + "; ".join(facts) + "."
 
 
 def score_markdown(state: QuizState | None) -> str:

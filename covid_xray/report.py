@@ -409,6 +409,17 @@ def cv_markdown(name: str, reports_dir: str | os.PathLike | None = None) -> str:
     return text
 
 
+def leaked_test_files(reports_dir: str | os.PathLike | None = None) -> frozenset[str] | None:
+    """Test files with an exact or near copy in train, as the evaluation recorded them (the
+    `leaked` column of any model's predictions.csv, written from the audit), or None when no model
+    has been evaluated."""
+    for name in MODELS:
+        rows = load_predictions(name, reports_dir)
+        if rows is not None:
+            return frozenset(r.file for r in rows if r.leaked)
+    return None
+
+
 def load_audit(reports_dir: str | os.PathLike | None = None) -> dict | None:
     """`reports/audit.json` (written by `python -m covid_xray.data audit`), or None."""
     path = config.resolve_reports_dir(reports_dir) / "audit.json"

@@ -42,6 +42,11 @@ class AppRuntime:
         )
         self._lock = threading.Lock()
         self._loading: set[str] = set()
+        # "See the shortcut" tools per loaded model (covid_xray.teaching): the what-if probe, and
+        # the index of training films (once the dataset is on disk).
+        self.probes: dict = {}
+        self.indexes: dict = {}
+        self._indexing = False
         self._changes = 0
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -94,6 +99,7 @@ class AppRuntime:
             for name in MODELS:
                 self._load(name)
             self.provisioner.run()
+            self._prepare_indexes()
         except Exception:  # noqa: BLE001 - the page must keep serving whatever happens here
             logger.exception("Start-up failed; serving what is loaded.")
         finally:
@@ -107,10 +113,43 @@ class AppRuntime:
             self._loading.add(name)
         self._bump()
         try:
-            self.predictor.load(name, self.checkpoint_dir, self.weights_path)
+            if self.predictor.load(name, self.checkpoint_dir, self.weights_path):
+                from covid_xray.probe import Probe
+
+                self.probes[name] = Probe.for_loaded(self.predictor.loaded[name])
         finally:
             with self._lock:
                 self._loading.discard(name)
+            self._bump()
+
+    def _prepare_indexes(self) -> None:
+        """Index the training films of every loaded model (features cached on disk by checkpoint)."""
+        from covid_xray import report
+
+        if not report.data_available():
+            return
+        self._indexing = True
+        self._bump()
+        try:
+            self._index_models()
+        finally:
+            self._indexing = False
+            self._bump()
+
+    def _index_models(self) -> None:
+        from covid_xray import data, neighbours
+
+        for name in self.predictor.available_models:
+            if name in self.probes:
+                self.probes[name].warm_up()  # traced here, not on a visitor's first click
+            if name in self.indexes:
+                continue
+            try:
+                self.indexes[name] = neighbours.index_for(
+                    self.predictor.loaded[name], cache_dir=config.resolve_home() / "neighbours"
+                )
+            except (data.DatasetNotFoundError, neighbours.NeighbourError, OSError) as exc:
+                logger.warning("No similar-films index for %s: %s", MODELS[name].display_name, exc)
             self._bump()
 
     def _on_step_ready(self, step: str) -> None:
@@ -241,6 +280,8 @@ class AppRuntime:
         data = self.dataset_state()
         if data != READY:
             parts.append("test images " + ("downloading" if data == PREPARING else "not available"))
+        if self._indexing:
+            parts.append("indexing the training films")
         return " · ".join(parts)
 
 

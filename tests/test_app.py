@@ -21,6 +21,7 @@ import pytest
 
 from covid_xray import config
 from covid_xray.config import CLASS_DISPLAY_NAMES, CLASS_NAMES
+from covid_xray.explain import colorbar_width
 from tests.app_fixtures import GALLERY_ROWS, SERVER_MAX_UPLOAD_BYTES
 
 COVID_IMAGE = "test/Covid/0100.jpeg"
@@ -53,7 +54,8 @@ def test_diagnose_handler(app_module, runtime_davidnet, predictor_davidnet, data
     assert len(values) == N_DIAGNOSE
     status, preview, d_summary, d_label, d_overlay, c_summary, c_label, c_overlay, answer, payload, warning = values
     assert status == ""
-    assert preview.shape == d_overlay.shape == (512, 512, 3)
+    assert preview.shape == (512, 512, 3)
+    assert d_overlay.shape == (512, 512 + colorbar_width(512, 512), 3)  # the colour scale beside it
     assert "DavidNet" in d_summary and "Grad-CAM" in d_summary
     assert sum(d_label.values()) == pytest.approx(1.0, abs=1e-5)
     assert (c_summary, c_label, c_overlay) == ("", None, None)  # CheXNet not installed
@@ -119,7 +121,7 @@ def test_gallery_handlers(app_module, runtime_davidnet, predictor_davidnet, repo
         runtime_davidnet, cases, 0, "gradcam", 0.3, data_dir
     )
     assert "0103" in details and image.shape == (512, 512, 3)
-    assert model_values[2].shape == image.shape  # DavidNet overlay
+    assert model_values[2].shape[0] == image.shape[0]  # DavidNet overlay (+ its colour-scale strip)
     assert model_values[3:] == ["", None, None]
 
 

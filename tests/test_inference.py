@@ -14,6 +14,7 @@ import pytest
 
 from covid_xray import config
 from covid_xray.config import CLASS_NAMES, IMAGE_SIZE
+from covid_xray.explain import colorbar_width
 from covid_xray.imaging import ImageDecodeError
 from covid_xray.inference import (
     DISPLAY_MAX_SIDE,
@@ -48,8 +49,11 @@ def test_predict_both_models_on_a_real_image(predictor_both, data_dir):
         assert prediction.confidence == prediction.probabilities[prediction.predicted]
         assert prediction.heatmap.shape == (IMAGE_SIZE, IMAGE_SIZE)
         assert 0.0 <= prediction.heatmap.min() and prediction.heatmap.max() <= 1.0
-        # The overlay is drawn on the displayed image, at its exact size.
-        assert prediction.overlay.shape == result.image.shape
+        # The overlay is drawn on the displayed image, at its exact size, with the colour scale
+        # in a strip beside it.
+        height, width = result.image.shape[:2]
+        assert prediction.overlay.shape == (height, width + colorbar_width(height, width), 3)
+        np.testing.assert_array_equal(prediction.overlay[:, :width].shape, result.image.shape)
         assert prediction.overlay.dtype == np.uint8
         label = prediction.label_value()
         assert set(label) == set(config.CLASS_DISPLAY_NAMES.values())
@@ -127,7 +131,8 @@ def test_overlay_has_the_display_size(predictor_davidnet, shape, expected):
     image = np.stack([xray_like(*shape, seed=1)] * 3, axis=-1)
     result = predictor_davidnet.predict(image, method="gradcam++", alpha=0.4)
     assert result.image.shape == (*expected, 3)
-    assert result.models["davidnet"].overlay.shape == (*expected, 3)
+    height, width = expected
+    assert result.models["davidnet"].overlay.shape == (height, width + colorbar_width(height, width), 3)
 
 
 def test_grayscale_array_input(predictor_davidnet):
