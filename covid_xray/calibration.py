@@ -65,6 +65,7 @@ NOTABLE_ECE_CHANGE = 0.01
 FIT_COMMAND = "python -m covid_xray.calibration fit --model {name}"
 SIDECAR_KEY = "calibration"
 REPORT_FILE = "calibration.json"
+OOF_REPORT_FILE = "calibration_oof.json"  # written by covid_xray.oof_calibration
 IMAGE_FILE = "reliability.png"
 # Splits of calibration.json, in display order (the test subsets use metrics.json's names).
 SPLIT_TITLES: dict[str, str] = {"validation": "Validation (fitted on)", **config.TEST_SUBSET_TITLES}
@@ -195,11 +196,15 @@ def decide_temperature(
     errors = int(np.sum(p.argmax(axis=1) != y))
     low, high = bounds
     if errors == 0 or fitted <= low * 1.001:
-        return fitted, None, (
-            f"not applied: the validation split has {errors} misclassified image(s) of {len(y)}, so its "
-            f"log loss keeps falling as T shrinks (fitted T = {fitted:g}, the search bound is "
-            f"{low:g}); such a T would only make the model more confident. The app and API serve "
-            "the raw probabilities."
+        return (
+            fitted,
+            None,
+            (
+                f"not applied: the validation split has {errors} misclassified image(s) of {len(y)}, so its "
+                f"log loss keeps falling as T shrinks (fitted T = {fitted:g}, the search bound is "
+                f"{low:g}); such a T would only make the model more confident. The app and API serve "
+                "the raw probabilities."
+            ),
         )
     if fitted >= high / 1.001:
         return fitted, None, f"not applied: the fitted T = {fitted:g} is at the search bound {high:g}."
@@ -532,6 +537,10 @@ def fit_model(
     )
     validation = report["splits"]["validation"]
     metadata = dict(metadata)
+    kept = metadata.get(SIDECAR_KEY) or {}
+    if str(kept.get("fitted_on", "")).startswith("out-of-fold"):  # 251 OOF images beat 50 validation ones
+        logger.info("The sidecar keeps its out-of-fold temperature T = %s.", kept.get("temperature"))
+        return report
     metadata[SIDECAR_KEY] = {
         "temperature": applied,
         "fitted_temperature": fitted,
@@ -581,10 +590,134 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
 
 
+def load_oof_calibration(name: str, reports_dir: str | os.PathLike | None = None) -> dict | None:
+    """`reports/<model>/calibration_oof.json` (covid_xray.oof_calibration), or None (missing, unreadable)."""
+    path = config.get_model_spec(name).report_dir(reports_dir) / OOF_REPORT_FILE
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and isinstance(report.get("sets"), dict) else None
+
+
+def _sidecar(name: str) -> dict:
+    """The served checkpoint's JSON sidecar ({} when none or unreadable); JSON only, no TensorFlow."""
+    path = config.get_model_spec(name).checkpoint_path().with_suffix(".json")
+    try:
+        sidecar = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return sidecar if isinstance(sidecar, dict) else {}
+
+
+def _confident(scores: Mapping[str, Any]) -> str:
+    errors, confident = scores.get("errors"), scores.get("confident_errors")
+    if not isinstance(errors, int) or not isinstance(confident, int):
+        return "n/a"
+    return f"{confident}/{errors}" + (f" ({confident / errors:.0%})" if errors else "")
+
+
+def _oof_markdown(name: str, oof: dict, validation: dict | None) -> str:
+    """The Model report's calibration section when an out-of-fold temperature was fitted."""
+    spec = config.get_model_spec(name)
+    temperature = oof.get("temperature")
+    sidecar = _sidecar(name)
+    entry = sidecar.get(SIDECAR_KEY) if isinstance(sidecar.get(SIDECAR_KEY), dict) else {}
+    served = temperature_from_metadata(sidecar)
+    applied = str(entry.get("fitted_on", "")).startswith("out-of-fold") and served == temperature
+    sets = oof["sets"]
+    fitted = sets.get("oof") or {}
+    folds = {f.get("folds") for f in oof.get("fold_models") or [] if isinstance(f, dict)} - {None}
+    k = f"{folds.pop()}-fold " if len(folds) == 1 else ""
+    where = (
+        f"fitted on the {oof.get('n_oof', fitted.get('n', '?'))} out-of-fold predictions "
+        f"({(fitted.get('before') or {}).get('errors', '?')} errors) of a {k}cross-validation of the shipped "
+        "recipe"
+    )
+    threshold = (fitted.get("before") or {}).get("threshold", 0.9)
+    if applied:
+        head = (
+            f"**{spec.display_name}: calibrated confidence.** The app and API divide its logits by the "
+            f"temperature T = {_fmt(temperature, 4)}, {where}; the test split was not used to fit."
+        )
+    else:
+        head = (
+            f"**{spec.display_name}: out-of-fold temperature not applied.** "
+            f"T = {_fmt(temperature, 4)}, {where}"
+            + (
+                f"; apply it with `python -m covid_xray.oof_calibration apply --model {name}`."
+                if oof.get("helps_on_every_test_set")
+                else "; it does not lower NLL and ECE on every test set, so the app serves "
+                + ("raw probabilities." if served is None else f"its sidecar's T = {served:g}.")
+            )
+        )
+    lines = [
+        head,
+        "",
+        "| | n | errors | ECE before → after | NLL before → after | "
+        f"errors with confidence ≥ {threshold:g}, before → after |",
+        "|---|---:|---:|---|---|---|",
+    ]
+    titles = {"oof": "Out-of-fold train (fitted on)", **config.TEST_SUBSET_TITLES}
+    for key, title in titles.items():
+        sub = sets.get(key)
+        if not isinstance(sub, dict):
+            continue
+        before, after = sub.get("before") or {}, sub.get("after") or {}
+        lines.append(
+            f"| {title} | {sub.get('n', '?')} | {before.get('errors', '?')} | "
+            f"{_fmt(before.get('ece'))} → {_fmt(after.get('ece'))} | "
+            f"{_fmt(before.get('nll'))} → {_fmt(after.get('nll'))} | "
+            f"{_confident(before)} → {_confident(after)} |"
+        )
+    lines.append("")
+    if isinstance(temperature, (int, float)) and temperature > 1:
+        lines.append(
+            "T > 1: out of fold the raw model was overconfident; scaling softens its probabilities. "
+            "The predicted class never changes. ECE is the average gap between confidence and accuracy, "
+            "NLL the log loss; lower is better for both."
+        )
+    elif isinstance(temperature, (int, float)):
+        lines.append(
+            "T <= 1: out of fold the raw model was not overconfident; the predicted class never changes."
+        )
+    n_test = (sets.get("official") or {}).get("n")
+    if isinstance(n_test, int) and n_test > 0:
+        lines.append(
+            f"With {n_test} test images one image weighs {1 / n_test:.3f} in ECE and one error moves the "
+            "confident share a lot: read small changes as noise."
+        )
+    if validation is not None and validation.get("applied") is False:
+        n_val = ((validation.get("splits") or {}).get("validation") or {}).get("n", "?")
+        lines.append(
+            f"Earlier, a temperature fitted on the {n_val}-image validation split "
+            f"(T = {_fmt(validation.get('fitted_temperature'), 2)}) was not applied: that split has no "
+            "error, so its log loss only keeps falling as the model is made more confident. The out-of-fold "
+            "predictions "
+            "do have errors, which is why T is fitted there."
+        )
+    evaluated = _evaluated_sha256(spec.report_dir())
+    if applied and evaluated and sidecar.get("sha256") not in (None, evaluated):
+        lines.append(
+            "**Out of date:** the served checkpoint is not the evaluated one this temperature was checked "
+            "on; "
+            f"rerun `{EVALUATE_COMMAND.format(name=name)}` and the out-of-fold fit."
+        )
+    return "\n".join(lines)
+
+
 def calibration_markdown(name: str, reports_dir: str | os.PathLike | None = None) -> str:
-    """A short table for people: ECE and NLL before -> after per split, T, and what it means."""
+    """A short table for people: ECE and NLL before -> after per split, T, and what it means.
+
+    With an out-of-fold report (calibration_oof.json) that section comes first: the T the app
+    applies (read from the checkpoint sidecar), where it was fitted, and the share of errors made
+    with confidence >= 0.9 before and after on each test set; the validation fit is context.
+    """
     spec = config.get_model_spec(name)
     report = load_calibration(name, reports_dir)
+    oof = load_oof_calibration(name, reports_dir)
+    if oof is not None:
+        return _oof_markdown(name, oof, report)
     if report is None or not isinstance(report.get("splits"), dict):
         return (
             f"**{spec.display_name}: no calibration yet.** Its probabilities are the raw softmax outputs. "
@@ -692,11 +825,22 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             f"NLL {_fmt(b['nll'], 4)} -> {_fmt(a['nll'], 4)}  "
             f"mean confidence {_fmt(b['mean_confidence'], 4)} -> {_fmt(a['mean_confidence'], 4)}"
         )
-    report_dir = config.get_model_spec(args.model).report_dir(args.reports_dir)
-    print(
-        f"wrote {report_dir / REPORT_FILE}, {report_dir / IMAGE_FILE} and the checkpoint sidecar's "
-        f"'{SIDECAR_KEY}' entry"
-    )
+    from covid_xray.checkpoints import read_metadata
+
+    spec = config.get_model_spec(args.model)
+    report_dir = spec.report_dir(args.reports_dir)
+    entry = read_metadata(spec.checkpoint_path(args.checkpoint_dir)).get(SIDECAR_KEY) or {}
+    if str(entry.get("fitted_on", "")).startswith("out-of-fold"):
+        print(
+            f"wrote {report_dir / REPORT_FILE} and {report_dir / IMAGE_FILE}; the checkpoint sidecar "
+            "keeps its "
+            f"{entry['fitted_on']} temperature T = {entry.get('temperature')}"
+        )
+    else:
+        print(
+            f"wrote {report_dir / REPORT_FILE}, {report_dir / IMAGE_FILE} and the checkpoint sidecar's "
+            f"'{SIDECAR_KEY}' entry"
+        )
     return 0
 
 

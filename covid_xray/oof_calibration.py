@@ -8,9 +8,14 @@ to the model trained on the whole recipe is the procedure of scikit-learn's
 `CalibratedClassifierCV(ensemble=False)`. The test split is never used to fit; it only checks
 whether T helps (NLL, ECE, reliability diagram, share of errors made with confidence >= 0.9).
 
-Command line (nothing is applied to the shipped checkpoint)::
+Command line::
 
     python -m covid_xray.oof_calibration --model davidnet --runs runs/oof-fold0 ... runs/oof-fold4
+    python -m covid_xray.oof_calibration apply --model davidnet
+
+The first fits and checks T (nothing applied); `apply` then writes T into the shipped
+checkpoint's sidecar ("calibration" entry, which the app and API apply) only when the report
+says T lowers NLL and ECE on every test set, and refuses otherwise.
 
 Each run folder holds the fold's `val_predictions.csv` (directly or under `logs/`) and the
 fold model's JSON sidecar (`<model>.json`, directly or under `ckpt/`). Writes
@@ -33,6 +38,8 @@ import numpy as np
 
 from covid_xray import config
 from covid_xray.calibration import (
+    OOF_REPORT_FILE,
+    SIDECAR_KEY,
     TEMPERATURE_BOUNDS,
     TEMPERATURE_DECIMALS,
     CalibrationError,
@@ -46,7 +53,8 @@ from covid_xray.evaluate import confident_errors, read_predictions
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REPORT_FILE = "calibration_oof.json"
+REPORT_FILE = OOF_REPORT_FILE
+APPLY_COMMAND = "python -m covid_xray.oof_calibration apply --model {name}"
 IMAGE_FILE = "calibration_oof.png"
 OOF_COLUMNS = ("file", "true", "predicted", *(f"p_{c}" for c in CLASS_NAMES))
 # Sidecar config keys that do not change the recipe (where files go, which fold, verbosity).
@@ -56,6 +64,10 @@ SET_TITLES = {"oof": "Out-of-fold train (fitted on)", **config.TEST_SUBSET_TITLE
 
 class OOFError(CalibrationError):
     """The fold runs do not make one out-of-fold prediction per train image (message for people)."""
+
+
+class NotAppliedError(OOFError):
+    """`apply` refuses: the OOF temperature does not help on every test set, or the report is stale."""
 
 
 def _find(run: Path, name: str, below: str) -> Path | None:
@@ -258,7 +270,7 @@ def run(
                 f"{shipped.get('versions', {}).get('keras_backend') or 'tensorflow'}. Test probabilities are the "
                 "shipped model's raw outputs (predictions.csv)."
             ),
-            "applied_to_shipped_checkpoint": False,
+            "applied_to_shipped_checkpoint": is_applied(shipped, report["temperature"]),
             "note": note,
         }
     )
@@ -273,13 +285,143 @@ def run(
     return report
 
 
+def fitted_on(report: dict) -> str:
+    """The sidecar's "fitted_on" of an OOF report, e.g. "out-of-fold (5-fold CV of the shipped recipe)"."""
+    folds = {f.get("folds") for f in report.get("fold_models", [])} - {None}
+    k = folds.pop() if len(folds) == 1 else len(report.get("fold_models", [])) or "k"
+    return f"out-of-fold ({k}-fold CV of the shipped recipe)"
+
+
+def is_applied(sidecar: dict, temperature: float) -> bool:
+    """Whether `sidecar`'s calibration entry is this OOF temperature (what the app serves)."""
+    entry = sidecar.get(SIDECAR_KEY) or {}
+    return bool(
+        str(entry.get("fitted_on", "")).startswith("out-of-fold") and entry.get("temperature") == temperature
+    )
+
+
+def sidecar_entry(report: dict) -> dict:
+    """The sidecar's "calibration" entry for an OOF report: T, where and on how many fitted, OOF scores."""
+    oof = report["sets"]["oof"]
+    return {
+        "temperature": report["temperature"],
+        "fitted_on": fitted_on(report),
+        "n": report["n_oof"],
+        "oof_nll": {"before": oof["before"]["nll"], "after": oof["after"]["nll"]},
+        "oof_ece": {"before": oof["before"]["ece"], "after": oof["after"]["ece"]},
+        "report": f"reports/{report['model']}/{REPORT_FILE}",
+    }
+
+
+def apply(
+    name: str,
+    reports_dir: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Write the OOF temperature into the checkpoint's sidecar if the report says it helps on every test set.
+
+    Also sets `applied_to_shipped_checkpoint` in the report. Returns the sidecar entry written.
+
+    Raises:
+        NotAppliedError: no report, a report for another model, T at the search bound, a test set on
+            which T does not lower both NLL and ECE, or test predictions of another checkpoint.
+        CheckpointError: no checkpoint.
+    """
+    from covid_xray.checkpoints import CheckpointError, read_metadata, sha256_file, sidecar_path, write_json
+
+    spec = config.get_model_spec(name)
+    path = spec.report_dir(reports_dir) / REPORT_FILE
+    fit_command = f"python -m covid_xray.oof_calibration --model {name} --runs <the fold runs>"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise NotAppliedError(
+            f"No out-of-fold calibration report at {path}: fit one first with `{fit_command}`."
+        ) from None
+    if report.get("model") != name:
+        raise NotAppliedError(f"{path} is the report of {report.get('model')!r}, not {name!r}.")
+    tests = {k: v for k, v in report.get("sets", {}).items() if k != "oof"}
+    if not report.get("helps_on_every_test_set") or report.get("at_search_bound") or not tests:
+        failing = [
+            f"{SET_TITLES.get(k, k).lower()} NLL {v['before']['nll']:.3f} -> {v['after']['nll']:.3f}, "
+            f"ECE {v['before']['ece']:.3f} -> {v['after']['ece']:.3f}"
+            for k, v in tests.items()
+            if not v.get("helps")
+        ]
+        why = (
+            f"it does not lower both NLL and ECE on every test set ({'; '.join(failing)})"
+            if failing
+            else "it lies at the search bound, or the report has no test set to check it on"
+        )
+        raise NotAppliedError(
+            f"Not applied: the out-of-fold temperature T = {report.get('temperature')} in {path} would not "
+            f"make {spec.display_name}'s confidence more truthful: {why}. The checkpoint's sidecar is left "
+            f"as it was, so the app keeps serving {spec.display_name}'s current probabilities; refit with "
+            f"`{fit_command}` after retraining or rerunning the folds."
+        )
+    checkpoint = spec.checkpoint_path(checkpoint_dir)
+    if not checkpoint.exists():
+        raise CheckpointError(
+            f"Checkpoint not found: {checkpoint}. Train it with `python train.py --model {name} --install`."
+        )
+    metrics_path = spec.report_dir(reports_dir) / "metrics.json"
+    try:
+        evaluated = json.loads(metrics_path.read_text(encoding="utf-8")).get("checkpoint_sha256")
+    except (OSError, ValueError, AttributeError):
+        evaluated = None
+    current = sha256_file(checkpoint)
+    if evaluated != current:
+        raise NotAppliedError(
+            f"Not applied: the test check in {path} used the predictions of the checkpoint evaluated in "
+            f"{metrics_path} (sha256 {str(evaluated)[:12]}...), not {checkpoint} ({current[:12]}...). Rerun "
+            f"`python -m covid_xray.evaluate --model {name}` and `{fit_command}`, then apply."
+        )
+    entry = sidecar_entry(report)
+    metadata = dict(read_metadata(checkpoint))
+    metadata[SIDECAR_KEY] = entry
+    write_json(sidecar_path(checkpoint), metadata)
+    report["applied_to_shipped_checkpoint"] = True
+    write_json(path, report)
+    return entry
+
+
+def apply_main(argv: Sequence[str]) -> int:
+    """`python -m covid_xray.oof_calibration apply --model M`."""
+    from covid_xray.checkpoints import CheckpointError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m covid_xray.oof_calibration apply",
+        description="Write the out-of-fold temperature into the checkpoint's sidecar when it helps on "
+        "every test set.",
+    )
+    parser.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
+    parser.add_argument("--reports-dir", default=None, help="reports folder (default reports/)")
+    parser.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default checkpoints/)")
+    args = parser.parse_args(argv)
+    try:
+        entry = apply(args.model, args.reports_dir, args.checkpoint_dir)
+    except (CalibrationError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.model}: T = {entry['temperature']:g} ({entry['fitted_on']}, n={entry['n']}) written to the "
+        f"checkpoint sidecar's '{SIDECAR_KEY}' entry; the app and API now serve calibrated probabilities"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["apply"]:
+        return apply_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
     parser.add_argument("--runs", nargs="+", required=True, help="the k fold run folders")
     parser.add_argument("--data-dir", default=None, help="dataset root (else $COVID_XRAY_DATA)")
     parser.add_argument("--reports-dir", default=None, help="reports folder (default reports/)")
-    parser.add_argument("--note", default=None, help="free text stored in the report (how the folds were run)")
+    parser.add_argument(
+        "--note", default=None, help="free text stored in the report (how the folds were run)"
+    )
     args = parser.parse_args(argv)
     from covid_xray.data import DatasetNotFoundError
 

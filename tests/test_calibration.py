@@ -382,3 +382,29 @@ def test_a_validation_split_without_errors_gives_no_temperature():
     probs[0] = np.roll(probs[0], 1)
     fitted, applied, reason = decide_temperature(probs, labels)
     assert applied == fitted and 0.05 < fitted < 20 and reason == ""
+
+
+@pytest.mark.slow
+def test_a_validation_refit_keeps_an_out_of_fold_temperature_in_the_sidecar(fitted, tmp_path, capsys):
+    """`calibration fit` rewrites calibration.json but never replaces the sidecar's out-of-fold T."""
+    import shutil
+
+    checkpoints, reports = tmp_path / "checkpoints", tmp_path / "reports"
+    shutil.copytree(fitted["checkpoints"], checkpoints)
+    shutil.copytree(fitted["reports"], reports)
+    (reports / "davidnet" / "calibration.json").unlink()
+    sidecar = checkpoints / "davidnet.json"
+    metadata = json.loads(sidecar.read_text())
+    oof_entry = {"temperature": 1.5, "fitted_on": "out-of-fold (5-fold CV of the shipped recipe)", "n": 251}
+    metadata["calibration"] = oof_entry
+    sidecar.write_text(json.dumps(metadata))
+    argv = list(fitted["argv"])
+    argv[argv.index("--checkpoint-dir") + 1] = str(checkpoints)
+    argv[argv.index("--reports-dir") + 1] = str(reports)
+    assert calibration.main(argv) == 0
+    assert json.loads(sidecar.read_text())["calibration"] == oof_entry
+    assert (reports / "davidnet" / "calibration.json").is_file()
+    assert (
+        "keeps its out-of-fold (5-fold CV of the shipped recipe) temperature T = 1.5"
+        in capsys.readouterr().out
+    )

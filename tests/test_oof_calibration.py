@@ -96,3 +96,135 @@ def test_run_writes_the_report_against_the_committed_test_predictions(tmp_path):
     assert saved["sets"]["official"]["n"] == 66 and saved["sets"]["leakage_free"]["n"] == 57
     assert saved["n_oof"] == 40 and saved["applied_to_shipped_checkpoint"] is False
     assert (reports / "davidnet" / "calibration_oof.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------
+# apply: the OOF temperature into the shipped sidecar, only when it helps on every test set.
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """A checkpoint folder (stand-in .keras file + sidecar with the validation entry) and a reports
+    folder holding the committed calibration_oof.json (not applied), calibration.json and a metrics.json
+    that names the stand-in's sha256; the app's checkpoint folder points there."""
+    import shutil
+
+    from covid_xray import config
+    from covid_xray.hashing import sha256_file
+
+    checkpoints, reports = tmp_path / "checkpoints", tmp_path / "reports"
+    (reports / "davidnet").mkdir(parents=True)
+    checkpoints.mkdir()
+    ckpt = checkpoints / "davidnet.keras"
+    ckpt.write_bytes(b"stand-in for the model file")
+    sidecar = {
+        "model": "davidnet",
+        "sha256": sha256_file(ckpt),
+        "calibration": {"temperature": None, "fitted_on": "validation", "n_val": 50},
+        "config": {"seed": 1},
+    }
+    (checkpoints / "davidnet.json").write_text(json.dumps(sidecar))
+    committed = config.get_model_spec("davidnet").report_dir()
+    report = json.loads((committed / "calibration_oof.json").read_text())
+    report["applied_to_shipped_checkpoint"] = False
+    (reports / "davidnet" / "calibration_oof.json").write_text(json.dumps(report))
+    shutil.copy(committed / "calibration.json", reports / "davidnet")
+    (reports / "davidnet" / "metrics.json").write_text(json.dumps({"checkpoint_sha256": sidecar["sha256"]}))
+    monkeypatch.setenv(config.CHECKPOINT_DIR_ENV_VAR, str(checkpoints))
+    argv = [
+        "apply",
+        "--model",
+        "davidnet",
+        "--reports-dir",
+        str(reports),
+        "--checkpoint-dir",
+        str(checkpoints),
+    ]
+    return {
+        "checkpoints": checkpoints,
+        "reports": reports,
+        "sidecar": sidecar,
+        "report": report,
+        "argv": argv,
+    }
+
+
+def _files(shipped):
+    return [
+        (shipped["checkpoints"] / "davidnet.json").read_bytes(),
+        (shipped["reports"] / "davidnet" / "calibration_oof.json").read_bytes(),
+    ]
+
+
+def test_apply_writes_exactly_the_entry_and_marks_the_report(shipped):
+    from covid_xray.calibration import temperature_from_metadata
+    from covid_xray.oof_calibration import main
+
+    assert main(shipped["argv"]) == 0
+    sidecar = json.loads((shipped["checkpoints"] / "davidnet.json").read_text())
+    r = shipped["report"]
+    oof = r["sets"]["oof"]
+    assert sidecar["calibration"] == {
+        "temperature": r["temperature"],
+        "fitted_on": "out-of-fold (5-fold CV of the shipped recipe)",
+        "n": 251,
+        "oof_nll": {"before": oof["before"]["nll"], "after": oof["after"]["nll"]},
+        "oof_ece": {"before": oof["before"]["ece"], "after": oof["after"]["ece"]},
+        "report": "reports/davidnet/calibration_oof.json",
+    }
+    assert {k: v for k, v in sidecar.items() if k != "calibration"} == {
+        k: v for k, v in shipped["sidecar"].items() if k != "calibration"
+    }
+    assert temperature_from_metadata(sidecar) == r["temperature"] == 1.1457  # what the app applies
+    saved = json.loads((shipped["reports"] / "davidnet" / "calibration_oof.json").read_text())
+    assert saved.pop("applied_to_shipped_checkpoint") is True
+    assert saved == {k: v for k, v in r.items() if k != "applied_to_shipped_checkpoint"}
+
+
+def test_apply_refuses_when_the_report_says_it_does_not_help(shipped, capsys):
+    from covid_xray.oof_calibration import main
+
+    report = shipped["report"]
+    official = report["sets"]["official"]
+    official["after"]["nll"] = official["before"]["nll"] + 0.05
+    official["helps"] = False
+    report["helps_on_every_test_set"] = False
+    (shipped["reports"] / "davidnet" / "calibration_oof.json").write_text(json.dumps(report))
+    before = _files(shipped)
+    assert main(shipped["argv"]) == 2
+    message = capsys.readouterr().err
+    assert "Not applied" in message and "official test NLL" in message and "leakage-free" not in message
+    assert "sidecar is left as it was" in message
+    assert _files(shipped) == before
+
+
+def test_apply_refuses_test_predictions_of_another_checkpoint(shipped, capsys):
+    from covid_xray.oof_calibration import main
+
+    (shipped["reports"] / "davidnet" / "metrics.json").write_text(json.dumps({"checkpoint_sha256": "0" * 64}))
+    before = _files(shipped)
+    assert main(shipped["argv"]) == 2
+    assert "used the predictions of the checkpoint evaluated" in capsys.readouterr().err
+    assert _files(shipped) == before
+
+
+def test_markdown_shows_the_applied_temperature_and_the_confident_errors(shipped):
+    from covid_xray.calibration import calibration_markdown
+    from covid_xray.oof_calibration import main
+
+    text = calibration_markdown("davidnet", shipped["reports"])
+    assert "out-of-fold temperature not applied" in text
+    assert "python -m covid_xray.oof_calibration apply --model davidnet" in text
+    assert main(shipped["argv"]) == 0
+    text = calibration_markdown("davidnet", shipped["reports"])
+    assert (
+        "calibrated confidence" in text and "T = 1.1457" in text and "not applied." not in text.split("\n")[0]
+    )
+    assert "251 out-of-fold predictions (13 errors) of a 5-fold cross-validation" in text
+    for key, title in (("official", "Official test"), ("leakage_free", "Leakage-free test")):
+        s = shipped["report"]["sets"][key]
+        b, a = s["before"], s["after"]
+        share = f"{b['confident_errors']}/{b['errors']} ({b['confident_errors'] / b['errors']:.0%}) → "
+        share += f"{a['confident_errors']}/{a['errors']} ({a['confident_errors'] / a['errors']:.0%})"
+        assert f"| {title} | {s['n']} | {b['errors']} | {b['ece']:.3f} → {a['ece']:.3f} |" in text
+        assert share in text
+    assert "50-image validation split (T = 0.05) was not applied" in text
