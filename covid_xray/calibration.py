@@ -450,6 +450,7 @@ def fit_model(
         write_json,
     )
     from covid_xray.evaluate import predict_samples
+    from covid_xray.preprocessing import checkpoint_mode
 
     spec = config.get_model_spec(name)
     checkpoint = spec.checkpoint_path(checkpoint_dir)
@@ -496,7 +497,7 @@ def fit_model(
             f"rerun `{EVALUATE_COMMAND.format(name=name)}`."
         )
     model, metadata = load_checkpoint(checkpoint)
-    mode = metadata.get("preprocessing") or spec.preprocessing_for(protocol)
+    mode = checkpoint_mode(name, metadata, protocol)
     val = splits["val"]
     val_probs = predict_samples(model, val, mode)
     val_labels = np.array([s.label_index for s in val], dtype=np.int64)

@@ -25,6 +25,9 @@ TEST_SUBSET_TITLES: dict[str, str] = {"official": "Official test", "leakage_free
 # Both models see 224x224 RGB, as in the paper.
 IMAGE_SIZE = 224
 INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
+# JPEG draft decoding keeps both sides >= this (twice the model input): training, evaluation and
+# serving all decode with it, so the models see exactly the same pixels everywhere.
+DECODE_DRAFT_SIZE = IMAGE_SIZE * 2
 
 # ImageNet statistics (CheXNet was trained on ImageNet-normalised input).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -156,6 +159,8 @@ class ModelSpec:
     preprocessing: dict
     # Last convolutional block, the Grad-CAM target layer.
     gradcam_layer: str
+    # The features the input guard (ood.py) and the similar-films index (neighbours.py) read.
+    feature_layer: str
     # Paper's reported official-test accuracy (initial training, selected on test).
     paper_accuracy: float
     # Faster-Score-CAM keeps this many feature maps: one forward pass of as many masked images
@@ -196,6 +201,8 @@ MODELS: dict[str, ModelSpec] = {
         display_name="DavidNet",
         preprocessing={"default": "unit", "paper": "unit"},
         gradcam_layer="conv3",
+        # Spatially averaged: the guard's false alarms on adult films are lowest there (README).
+        feature_layer="conv3",
         paper_accuracy=0.95,
     ),
     "chexnet": ModelSpec(
@@ -204,6 +211,8 @@ MODELS: dict[str, ModelSpec] = {
         preprocessing={"default": "imagenet", "paper": "unit"},
         # DenseNet121's last activation before pooling (end of dense block 4).
         gradcam_layer="relu",
+        # The pooled DenseNet121 features the head reads.
+        feature_layer="head_flatten",
         paper_accuracy=0.78,
         # 8 masked DenseNet121 passes keep Score-CAM under 1 s on 2 vCPUs (16 take about 1.6 s).
         scorecam_max_n=8,

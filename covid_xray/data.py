@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from covid_xray import config, imaging, preprocessing
-from covid_xray.config import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, SPLITS
+from covid_xray.config import CLASS_NAMES, DECODE_DRAFT_SIZE, IMAGE_SIZE, NUM_CLASSES, SPLITS
 from covid_xray.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 # to measure the dataset's documented defects (27 pairs, 11 across train/test).
 NEAR_DUPLICATE_THRESHOLD = 6
 PHASH_SIZE = 8
-# JPEG draft decoding may shrink big scans on load, but never below twice the model input.
-DECODE_DRAFT_SIZE = IMAGE_SIZE * 2
 AUDIT_FILENAME = "audit.json"
 DOWNLOAD_COMMAND = "python -m covid_xray.data download"
 DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))

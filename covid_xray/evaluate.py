@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from covid_xray import config
+from covid_xray.preprocessing import checkpoint_mode
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def evaluate_model(
     spec = config.get_model_spec(name)
     ckpt = Path(checkpoint) if checkpoint else spec.checkpoint_path()
     model, meta = load_checkpoint(ckpt)
-    mode = meta.get("preprocessing") or spec.preprocessing_for("default")
+    mode = checkpoint_mode(name, meta)
     out = Path(out_dir) if out_dir else spec.report_dir()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -304,7 +305,7 @@ def evaluate_folder(
     spec = config.get_model_spec(name)
     ckpt = Path(checkpoint) if checkpoint else spec.checkpoint_path()
     model, meta = load_checkpoint(ckpt)
-    mode = meta.get("preprocessing") or spec.preprocessing_for("default")
+    mode = checkpoint_mode(name, meta)
     out = Path(out_dir) if out_dir else spec.report_dir(reports_dir) / set_name
     out.mkdir(parents=True, exist_ok=True)
 

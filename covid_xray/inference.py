@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from covid_xray import config, imaging, preprocessing
-from covid_xray.config import CLASS_DISPLAY_NAMES, CLASS_NAMES, IMAGE_SIZE, MODELS
+from covid_xray.config import CLASS_DISPLAY_NAMES, CLASS_NAMES, DECODE_DRAFT_SIZE, MODELS
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,6 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------
 # Uploaded scans can be 4000 px wide; the page shows them (and their heatmaps) at most this big.
 DISPLAY_MAX_SIDE = 512
-# JPEG draft decoding keeps both sides >= twice the model input, the same hint the dataset
-# pipeline uses, so the app feeds the models exactly the pixels that evaluation fed them.
-DECODE_DRAFT_SIZE = IMAGE_SIZE * 2
 DEFAULT_METHOD = "gradcam"
 DEFAULT_ALPHA = 0.4
 # Traced at start-up: the one compiled function behind probabilities, Grad-CAM and Grad-CAM++.
@@ -268,10 +265,7 @@ def load_model(
 
     spec = config.get_model_spec(name)
     model, metadata = load_checkpoint(spec.checkpoint_path(checkpoint_dir))
-    mode = metadata.get("preprocessing")
-    if mode not in preprocessing.PREPROCESSING_MODES:
-        mode = spec.preprocessing_for("default")
-        logger.warning("Checkpoint of %s records no preprocessing mode; assuming %r.", name, mode)
+    mode = preprocessing.checkpoint_mode(name, metadata)
     guard = _load_guard(name, checkpoint_dir, model, metadata)
     # The learned OOD check reads its features from the explainer's forward pass (no second pass).
     feature_layer = guard.extractor.layer if guard is not None and guard.learned_enabled else None

@@ -511,7 +511,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     spec = config.get_model_spec(args.model)
     try:
         model, metadata = load_checkpoint(spec.checkpoint_path(args.checkpoint_dir))
-        mode = metadata.get("preprocessing") or spec.preprocessing_for("default")
+        mode = preprocessing.checkpoint_mode(args.model, metadata)
         start = time.perf_counter()
         index = NeighbourIndex.build(
             model,

@@ -54,7 +54,7 @@ import cv2
 import numpy as np
 
 from covid_xray import config, imaging, preprocessing
-from covid_xray.config import CLASS_NAMES, IMAGE_SIZE, INPUT_SHAPE
+from covid_xray.config import CLASS_NAMES, DECODE_DRAFT_SIZE, INPUT_SHAPE
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ ASPECT_RATIO_MIN, ASPECT_RATIO_MAX = 0.6, 1.7
 # above it (reports/ood.json). CheXNet: the 1024-d globally pooled DenseNet121 features, i.e.
 # the input of the small trained head; they come from the pretrained base, so they describe
 # "chest radiograph or not" far more broadly than a head fitted on ~250 images.
-FEATURE_LAYERS: dict[str, str] = {"davidnet": "conv3", "chexnet": "head_flatten"}
+FEATURE_LAYERS: dict[str, str] = {name: spec.feature_layer for name, spec in config.MODELS.items()}
 # The alarm threshold is this quantile of the train folder's out-of-fold distances: about 1%
 # of real chest X-rays like the training ones are expected to raise the alarm.
 DEFAULT_THRESHOLD_QUANTILE = 0.99
@@ -888,9 +888,7 @@ def load_guard(
     elif metadata is None:
         metadata = read_metadata(checkpoint)
     metadata = metadata or {}
-    mode = metadata.get("preprocessing")
-    if mode not in preprocessing.PREPROCESSING_MODES:
-        mode = spec.preprocessing_for("default")
+    mode = preprocessing.checkpoint_mode(model_name, metadata)
     guard_file = Path(path) if path else guard_path(model_name, checkpoint_dir)
 
     def disabled(reason: str) -> Guard:
@@ -1007,11 +1005,7 @@ def _load_model(model_name: str, checkpoint_dir) -> tuple[Any, dict, Path, str]:
     spec = config.get_model_spec(model_name)
     checkpoint = spec.checkpoint_path(checkpoint_dir)
     model, metadata = load_checkpoint(checkpoint)
-    mode = metadata.get("preprocessing")
-    if mode not in preprocessing.PREPROCESSING_MODES:
-        mode = spec.preprocessing_for("default")
-        logger.warning("Checkpoint of %s records no preprocessing mode; assuming %r.", model_name, mode)
-    return model, metadata, checkpoint, mode
+    return model, metadata, checkpoint, preprocessing.checkpoint_mode(model_name, metadata)
 
 
 # ---------------------------------------------------------------------------
@@ -1288,7 +1282,7 @@ def _train_out_of_fold_rows(guard: Guard, samples: Sequence[Any]) -> list[dict[s
 
     rows = []
     for s in samples:
-        flags, _, _ = cheap_checks(imaging.load_image(s.path, draft_size=IMAGE_SIZE * 2))
+        flags, _, _ = cheap_checks(imaging.load_image(s.path, draft_size=DECODE_DRAFT_SIZE))
         rows.append(
             {"category": "train", "name": s.relpath, "note": s.label, "cheap": bool(flags), "flags": flags}
         )
@@ -1315,7 +1309,7 @@ def _score_rows(guard: Guard, items: Sequence[tuple[str, str, Any, str]]) -> lis
     """Run the guard on (category, name, source, note) items; one row per item."""
     rows = []
     for category, name, source, note in items:
-        rgb = imaging.load_image(source, draft_size=IMAGE_SIZE * 2)
+        rgb = imaging.load_image(source, draft_size=DECODE_DRAFT_SIZE)
         result = guard.check(rgb, preprocessing.resize_for_model(rgb))
         cheap = [f for f in result.flags if f != LEARNED_FLAG]
         rows.append(

@@ -5,12 +5,28 @@ Training, evaluation, the app and the benchmarks all call these two functions.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+
 import cv2
 import numpy as np
 
-from covid_xray.config import IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from covid_xray.config import IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, get_model_spec
+
+logger = logging.getLogger(__name__)
 
 PREPROCESSING_MODES = ("unit", "imagenet")
+
+
+def checkpoint_mode(name: str, metadata: Mapping | None, protocol: str = "default") -> str:
+    """The normalisation a checkpoint was trained with (its sidecar's `preprocessing`), else the
+    model's mode for `protocol` (logged: every consumer must feed the model what it was trained on)."""
+    mode = (metadata or {}).get("preprocessing")
+    if mode in PREPROCESSING_MODES:
+        return mode
+    fallback = get_model_spec(name).preprocessing_for(protocol)
+    logger.warning("Checkpoint of %s records no preprocessing mode; assuming %r.", name, fallback)
+    return fallback
 
 
 def resize_for_model(rgb: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:

@@ -437,12 +437,13 @@ class Provisioner:
         """The Model report's what-if masks and nearest films across the test set (`covid_xray.shortcuts`)."""
         from covid_xray import data, shortcuts
         from covid_xray.checkpoints import load_checkpoint
+        from covid_xray.preprocessing import checkpoint_mode
 
         model, metadata = load_checkpoint(checkpoint)
         result = shortcuts.compute(
             "chexnet",
             model,
-            metadata["preprocessing"],
+            checkpoint_mode("chexnet", metadata),
             data.list_samples(None, "train"),
             data.list_samples(None, "test"),
             checkpoint_sha=metadata.get("sha256"),

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from covid_xray import imaging, report
-from covid_xray.config import CLASS_DISPLAY_NAMES, CLASS_NAMES, MODELS
+from covid_xray.config import CLASS_DISPLAY_NAMES, CLASS_NAMES, DECODE_DRAFT_SIZE, MODELS
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def question_image(question: Question, data_dir: str | os.PathLike | None = None
     Raises:
         QuizError: the image cannot be read (the message names no file: it would reveal the class).
     """
-    from covid_xray.inference import DECODE_DRAFT_SIZE, display_image
+    from covid_xray.inference import display_image
 
     try:
         path = question_path(question, data_dir)

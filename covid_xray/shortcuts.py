@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from covid_xray import config, data, neighbours, probe
+from covid_xray import config, data, neighbours, preprocessing, probe
 from covid_xray.config import TEST_SUBSET_TITLES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -304,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"error: {spec.display_name} cannot be probed without its checkpoint. {exc}", file=sys.stderr)
         return 2
-    mode = metadata.get("preprocessing") or spec.preprocessing_for("default")
+    mode = preprocessing.checkpoint_mode(args.model, metadata)
     try:
         result = compute(
             args.model,
