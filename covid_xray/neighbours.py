@@ -110,13 +110,30 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def audit_twins(audit_path: str | os.PathLike | None = None) -> dict[str, frozenset[str]]:
-    """{test relpath: the train relpaths that are exact or near copies of it}, from the audit
-    (`reports/audit.json` by default); {} when there is no audit file."""
+    """{test relpath: the train relpaths that are exact or near copies of it}, from the audit.
+
+    `audit_path` when given ({} when it does not exist); else `reports/audit.json`, else the
+    cache's copy, which is computed once from the dataset when there is none (a Space's clone has
+    no audit file: the leaked test images would otherwise go unmarked). {} when the audit cannot
+    be read or computed (logged).
+    """
     path = Path(audit_path) if audit_path else data.default_audit_path()
-    if not path.exists():
-        logger.warning("No leakage audit at %s: leaked test images will not be marked.", path)
+    try:
+        if path.exists():
+            report = data.AuditReport.from_json(path)
+        elif audit_path:
+            logger.warning("No leakage audit at %s: leaked test images will not be marked.", path)
+            return {}
+        else:
+            path = config.resolve_home() / data.AUDIT_FILENAME
+            if path.exists():
+                report = data.AuditReport.from_json(path)
+            else:
+                report = data.audit(data.list_samples())
+                report.to_json(path)
+    except (data.DatasetNotFoundError, KeyError, TypeError, ValueError, OSError) as exc:
+        logger.warning("No usable leakage audit (%s): leaked test images will not be marked.", exc)
         return {}
-    report = data.AuditReport.from_json(path)
     twins: dict[str, set[str]] = {}
     for pair in (*report.exact_pairs, *report.near_pairs):
         if pair.scope != "train/test":

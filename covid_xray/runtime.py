@@ -137,7 +137,7 @@ class AppRuntime:
             self._bump()
 
     def _index_models(self) -> None:
-        from covid_xray import data, neighbours
+        from covid_xray import neighbours
 
         for name in self.predictor.available_models:
             if name in self.probes:
@@ -148,8 +148,8 @@ class AppRuntime:
                 self.indexes[name] = neighbours.index_for(
                     self.predictor.loaded[name], cache_dir=config.resolve_home() / "neighbours"
                 )
-            except (data.DatasetNotFoundError, neighbours.NeighbourError, OSError) as exc:
-                logger.warning("No similar-films index for %s: %s", MODELS[name].display_name, exc)
+            except Exception:  # noqa: BLE001 - one model's index must not stop the other's
+                logger.exception("No similar-films index for %s.", MODELS[name].display_name)
             self._bump()
 
     def _on_step_ready(self, step: str) -> None:
