@@ -379,12 +379,14 @@ class ReportPanel(NamedTuple):
     faithfulness: gr.Markdown
     faithfulness_image: gr.Image
     shortcuts: gr.Markdown
+    external: gr.Markdown
 
     @property
     def outputs(self) -> list:
         return [
             self.metrics, self.operator, self.detail, *self.confusion, self.history,
             self.calibration, self.reliability, self.faithfulness, self.faithfulness_image, self.shortcuts,
+            self.external,
         ]
 
 
@@ -423,6 +425,8 @@ def report_updates(name: str, reports_dir=None) -> list:
         ]
     else:
         extras = [gr.update(visible=False)] * 5
+    external = report.external_sets_markdown(name, reports_dir)
+    extras.append(gr.update(value=external, visible=bool(external)))
     return [
         gr.update(value=report.metrics_markdown(name, reports_dir)),
         gr.update(visible=bool(detail)),
@@ -456,8 +460,10 @@ def _report_panel(name: str, reports_dir=None) -> ReportPanel:
         **updates[n + 4],
     )
     probe = gr.Markdown(elem_id=f"shortcuts-{name}", **updates[n + 5])
+    external = gr.Markdown(elem_id=f"external-{name}", **updates[n + 6])
     return ReportPanel(
-        name, metrics, operator, detail, tuple(confusion), history, calib, reliability, faith, faith_image, probe
+        name, metrics, operator, detail, tuple(confusion), history, calib, reliability, faith, faith_image, probe,
+        external,
     )
 
 

@@ -574,6 +574,59 @@ def metrics_markdown(name: str, reports_dir: str | os.PathLike | None = None) ->
     return "\n".join(lines)
 
 
+def external_sets_markdown(name: str, reports_dir: str | os.PathLike | None = None) -> str:
+    """Every labelled folder a model was evaluated on (`evaluate --data-dir DIR --name NAME`):
+    accuracy, recall per class, the share of errors made with confidence >= 0.9, and the
+    per-group table when groups were given. Empty when there is none."""
+    from covid_xray.evaluate import KAGGLE_SET_KEY, evaluated_sets
+
+    blocks = []
+    for key, _title, folder in evaluated_sets(name, reports_dir):
+        metrics = _read_json(str(folder / "metrics.json"), _stamp(folder / "metrics.json")) if key != KAGGLE_SET_KEY else None
+        if not metrics:
+            continue
+        sub = (metrics.get("subsets") or {}).get("all") or {}
+        per_class = sub.get("per_class") or {}
+        recalls = ", ".join(
+            f"{CLASS_DISPLAY_NAMES[c]} {_fmt((per_class.get(c) or {}).get('recall'), True)}"
+            f" (n={(per_class.get(c) or {}).get('support', 0)})"
+            for c in CLASS_NAMES
+        )
+        calib = (metrics.get("calibration") or {})
+        stats = calib.get("calibrated") or calib.get("raw") or {}
+        lines = [
+            f"**{key}** ({sub.get('n', '?')} films): accuracy {_fmt(sub.get('accuracy'), True)}; "
+            f"recall {recalls}.",
+        ]
+        if stats.get("errors"):
+            lines.append(
+                f"Errors made with confidence >= {stats.get('threshold', 0.9):.0%}: "
+                f"{stats.get('confident_errors')}/{stats.get('errors')}; ECE {_fmt(stats.get('ece'))}."
+            )
+        groups = metrics.get("groups") or {}
+        if groups:
+            lines += [
+                "",
+                "| group | n | accuracy | " + " | ".join(f"recall {CLASS_DISPLAY_NAMES[c]}" for c in CLASS_NAMES) + " |",
+                "|---|---:|---:|" + "---:|" * len(CLASS_NAMES),
+            ]
+            for group, g in groups.items():
+                recall = g.get("recall") or {}
+                lines.append(
+                    f"| {group} | {g.get('n', '?')} | {_fmt(g.get('accuracy'), True)} | "
+                    + " | ".join(_fmt(recall.get(c), True) for c in CLASS_NAMES)
+                    + " |"
+                )
+        blocks.append("\n".join(lines))
+    if not blocks:
+        return ""
+    return (
+        f"#### {MODELS[name].display_name} on other films\n\nLabelled folders evaluated with "
+        "`python -m covid_xray.evaluate --data-dir DIR --name NAME`: does the model transfer?\n\n"
+        + "\n\n".join(blocks)
+    )
+
+
 def audit_markdown(reports_dir: str | os.PathLike | None = None) -> str:
     """Summary of the leakage audit (duplicate pairs per scope, leaked test files)."""
     audit = load_audit(reports_dir)
