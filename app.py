@@ -61,8 +61,8 @@ ABOUT_MARKDOWN = (
     "Heatmaps (Grad-CAM, Grad-CAM++, Score-CAM) show where the model looked: red marks the pixels with "
     "the most influence on the class shown, which is not always the disease (text markers and the "
     "image border are common shortcuts). A model's probabilities are calibrated by temperature "
-    "scaling when its validation data can identify a temperature, and are labelled \"calibrated\" "
-    "then; otherwise they are the model's raw softmax, labelled \"raw\" (the Model report says why). "
+    'scaling when its validation data can identify a temperature, and are labelled "calibrated" '
+    'then; otherwise they are the model\'s raw softmax, labelled "raw" (the Model report says why). '
     "Every number on the Model report tab comes from a command in the project's README that anyone "
     "can rerun.\n\n"
     "**For research and teaching only. Not for diagnosis.**"
@@ -300,7 +300,9 @@ def column_updates(runtime: AppRuntime, name: str) -> list:
             gr.update(value="", visible=False),
             gr.update(visible=False),
             gr.update(value=""),
-            gr.update(value=f"{MODELS[name].display_name} is ready: upload or choose an image.", visible=True),
+            gr.update(
+                value=f"{MODELS[name].display_name} is ready: upload or choose an image.", visible=True
+            ),
             gr.update(visible=True, label=probabilities_label(temperature)),
             gr.update(visible=True),
         ]
@@ -356,7 +358,9 @@ def about_state_markdown(runtime: AppRuntime, reports_dir=None, data_dir=None) -
         if state == READY:
             metrics = report.load_metrics(name, reports_dir) or {}
             official = ((metrics.get("subsets") or {}).get("official") or {}).get("accuracy")
-            score = f", {official:.1%} accuracy on the official test set" if isinstance(official, float) else ""
+            score = (
+                f", {official:.1%} accuracy on the official test set" if isinstance(official, float) else ""
+            )
             lines.append(f"- {spec.display_name}: ready{score}.")
         else:
             lines.append(f"- {spec.display_name}: {runtime.model_message(name)}")
@@ -384,8 +388,16 @@ class ReportPanel(NamedTuple):
     @property
     def outputs(self) -> list:
         return [
-            self.metrics, self.operator, self.detail, *self.confusion, self.history,
-            self.calibration, self.reliability, self.faithfulness, self.faithfulness_image, self.shortcuts,
+            self.metrics,
+            self.operator,
+            self.detail,
+            *self.confusion,
+            self.history,
+            self.calibration,
+            self.reliability,
+            self.faithfulness,
+            self.faithfulness_image,
+            self.shortcuts,
             self.external,
         ]
 
@@ -413,7 +425,8 @@ def report_updates(name: str, reports_dir=None) -> list:
     detail = (
         ""
         if evaluated
-        else f"Evaluate it once it is installed (it is trained first):\n    {report.EVALUATE_COMMAND.format(name=name)}"
+        else "Evaluate it once it is installed (it is trained first):\n    "
+        + report.EVALUATE_COMMAND.format(name=name)
     )
     if evaluated:
         extras = [
@@ -451,7 +464,9 @@ def _report_panel(name: str, reports_dir=None) -> ReportPanel:
     n = 3 + len(confusion)
     history = gr.Plot(label="Training curves", **updates[n])
     calib = gr.Markdown(elem_id=f"calibration-{name}", **updates[n + 1])
-    reliability = gr.Image(label="Reliability diagram", interactive=False, buttons=["fullscreen"], **updates[n + 2])
+    reliability = gr.Image(
+        label="Reliability diagram", interactive=False, buttons=["fullscreen"], **updates[n + 2]
+    )
     faith = gr.Markdown(elem_id=f"faithfulness-{name}", **updates[n + 3])
     faith_image = gr.Image(
         label="Heatmap faithfulness: deletion test and border mass",
@@ -462,7 +477,17 @@ def _report_panel(name: str, reports_dir=None) -> ReportPanel:
     probe = gr.Markdown(elem_id=f"shortcuts-{name}", **updates[n + 5])
     external = gr.Markdown(elem_id=f"external-{name}", **updates[n + 6])
     return ReportPanel(
-        name, metrics, operator, detail, tuple(confusion), history, calib, reliability, faith, faith_image, probe,
+        name,
+        metrics,
+        operator,
+        detail,
+        tuple(confusion),
+        history,
+        calib,
+        reliability,
+        faith,
+        faith_image,
+        probe,
         external,
     )
 
@@ -476,8 +501,11 @@ class ShortcutTools(NamedTuple):
 
 
 def _shortcut_tools(prefix: str) -> ShortcutTools:
-    with gr.Accordion("See the shortcut: similar training films and a what-if probe", open=False,
-                      elem_id=f"{prefix}-shortcut"):
+    with gr.Accordion(
+        "See the shortcut: similar training films and a what-if probe",
+        open=False,
+        elem_id=f"{prefix}-shortcut",
+    ):
         gr.Markdown(teaching.INTRO_MARKDOWN)
         button = gr.Button("Show similar training films and probe the image", elem_id=f"{prefix}-explore")
         outputs = []
@@ -495,7 +523,9 @@ def _shortcut_tools(prefix: str) -> ShortcutTools:
                             elem_id=f"{prefix}-{name}-neighbours",
                         )
                     )
-                    outputs.append(gr.Plot(label=f"{spec.display_name}: what-if probe", elem_id=f"{prefix}-{name}-probe"))
+                    outputs.append(
+                        gr.Plot(label=f"{spec.display_name}: what-if probe", elem_id=f"{prefix}-{name}-probe")
+                    )
     return ShortcutTools(button, outputs)
 
 
@@ -509,7 +539,11 @@ def shortcut_values(runtime: AppRuntime, source) -> list:
         return [f"**Could not read this file.** {exc}", None, None] + ["", None, None] * (len(MODELS) - 1)
     values = []
     for view in views.values():
-        values += [teaching.summary_markdown(view), teaching.neighbour_items(view), teaching.probe_figure(view)]
+        values += [
+            teaching.summary_markdown(view),
+            teaching.neighbour_items(view),
+            teaching.probe_figure(view),
+        ]
     return values
 
 
@@ -650,7 +684,12 @@ def build_demo(
             def on_upload(path, method_value, alpha_value):
                 # A new file clears the example selection ring (Gradio's page reads -1 as "none";
                 # None would leave the ring where it was).
-                return [gr.update(selected_index=-1), path, "", *diagnose(runtime, path, method_value, alpha_value)]
+                return [
+                    gr.update(selected_index=-1),
+                    path,
+                    "",
+                    *diagnose(runtime, path, method_value, alpha_value),
+                ]
 
             def on_example(method_value, alpha_value, evt: gr.SelectData):
                 path, text = example_source(evt.index, examples_file, data_dir)
@@ -681,7 +720,6 @@ def build_demo(
             )
             method.change(on_settings, [source, answer_state, method, alpha], diagnose_outputs, **model_event)
             alpha.release(on_settings, [source, answer_state, method, alpha], diagnose_outputs, **model_event)
-
 
         # ----------------------------------------------------------- Error gallery
         with gr.Tab("Error gallery", id="gallery"):
@@ -722,7 +760,9 @@ def build_demo(
                 with gr.Column(scale=2):
                     # The opened case sits beside the thumbnails, not below them: in view at once.
                     g_details = gr.Markdown(elem_id="case-details")
-                    g_image = gr.Image(label="Selected image", interactive=False, height=300, elem_id="case-image")
+                    g_image = gr.Image(
+                        label="Selected image", interactive=False, height=300, elem_id="case-image"
+                    )
                     gallery_columns = _model_columns(runtime, "gallery")
                     gallery_tools = _shortcut_tools("gallery")
             g_selected = gr.State(None)  # index of the opened case in g_cases
@@ -752,7 +792,9 @@ def build_demo(
                     return shortcut_values(runtime, None)
                 return shortcut_values(runtime, str(report.resolve_dataset_file(cases[index].file, data_dir)))
 
-            gallery_tools.button.click(on_case_tools, [g_cases, g_selected], gallery_tools.outputs, **model_event)
+            gallery_tools.button.click(
+                on_case_tools, [g_cases, g_selected], gallery_tools.outputs, **model_event
+            )
             case_targets = [g_details, g_image, *case_outputs]
             g_gallery.select(
                 on_case, [g_cases, g_method, g_alpha], [g_selected, *case_targets], **model_event
@@ -857,7 +899,9 @@ def build_demo(
         # ----------------------------------------------------------- About
         with gr.Tab("About", id="about"):
             gr.Markdown(ABOUT_MARKDOWN)
-            about_state = gr.Markdown(about_state_markdown(runtime, reports_dir, data_dir), elem_id="about-state")
+            about_state = gr.Markdown(
+                about_state_markdown(runtime, reports_dir, data_dir), elem_id="about-state"
+            )
             about_shortcuts = gr.Markdown(report.shortcut_markdown(reports_dir), elem_id="about-shortcuts")
 
         # ----------------------------------------------------------- Following the runtime
@@ -877,7 +921,10 @@ def build_demo(
                 lambda: _data_updates(data_ready(), dataset_line(), example_items()),
             ),
             **{
-                f"report-{panel.name}": (panel.outputs, lambda name=panel.name: report_updates(name, reports_dir))
+                f"report-{panel.name}": (
+                    panel.outputs,
+                    lambda name=panel.name: report_updates(name, reports_dir),
+                )
                 for panel in panels
             },
             "teaching": (
@@ -901,7 +948,9 @@ def build_demo(
             values = []
             for name, (outputs, update) in groups.items():
                 values += update() if last.get(name) != now[name] else [gr.skip()] * len(outputs)
-            gallery_inputs_changed = any(last.get(k) != now[k] for k in ("data", *[f"report-{n}" for n in MODELS]))
+            gallery_inputs_changed = any(
+                last.get(k) != now[k] for k in ("data", *[f"report-{n}" for n in MODELS])
+            )
             gallery = (
                 [*refresh_gallery(*gallery_filters, reports_dir=reports_dir, data_dir=data_dir), None]
                 if gallery_inputs_changed
@@ -971,9 +1020,7 @@ def launch(demo: gr.Blocks, **kwargs) -> None:
     # Uploaded X-rays are patient data: Gradio's run history (kept in the browser, or in a
     # Hugging Face bucket a visitor connects) stays off.
     kwargs.setdefault("run_history", False)
-    demo.launch(
-        max_file_size=config.MAX_UPLOAD_BYTES, blocked_paths=blocked_paths(), **kwargs
-    )
+    demo.launch(max_file_size=config.MAX_UPLOAD_BYTES, blocked_paths=blocked_paths(), **kwargs)
 
 
 if __name__ == "__main__":

@@ -740,7 +740,8 @@ def calibration_markdown(name: str, reports_dir: str | os.PathLike | None = None
         ]
     else:
         lines = [
-            f"**{spec.display_name}: calibrated confidence.** Temperature T = {_fmt(temperature, 2)}, fitted on "
+            f"**{spec.display_name}: calibrated confidence.** "
+            f"Temperature T = {_fmt(temperature, 2)}, fitted on "
             f"the validation split (n={n_val}); the test split was not used to fit.",
             "",
             "| | n | accuracy | ECE before → after | NLL before → after |",
@@ -784,7 +785,8 @@ def calibration_markdown(name: str, reports_dir: str | os.PathLike | None = None
             continue
         if ece_after > ece_before + NOTABLE_ECE_CHANGE:
             lines.append(
-                f"On the {SPLIT_TITLES[key].lower()} set the ECE {'would go' if report.get('applied') is False else 'went'} up "
+                f"On the {SPLIT_TITLES[key].lower()} set the ECE "
+                f"{'would go' if report.get('applied') is False else 'went'} up "
                 f"({ece_before:.3f} → {ece_after:.3f}): a temperature fitted on {n_val} validation "
                 "images does not carry over there."
             )
@@ -815,7 +817,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         n_bins=args.bins,
     )
     print(
-        f"{args.model}: T = {report['fitted_temperature']:.4f} (fitted on {report['splits']['validation']['n']} "
+        f"{args.model}: T = {report['fitted_temperature']:.4f} "
+        f"(fitted on {report['splits']['validation']['n']} "
         "validation images)" + ("" if report["applied"] else f"; {report['reason']}")
     )
     for key, sub in report["splits"].items():

@@ -62,7 +62,11 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> tuple[keras
     if not path.exists():
         raise CheckpointError(
             f"Checkpoint not found: {path}."
-            + (f" Train and install it with `python train.py --model {path.stem} --install`." if path.stem in MODELS else "")
+            + (
+                f" Train and install it with `python train.py --model {path.stem} --install`."
+                if path.stem in MODELS
+                else ""
+            )
         )
     metadata = read_metadata(path)
     if verify and metadata.get("sha256"):

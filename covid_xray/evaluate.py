@@ -41,7 +41,14 @@ from covid_xray.preprocessing import checkpoint_mode
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger(__name__)
 
-PREDICTION_FIELDS = ["file", "true", "predicted", "confidence", *[f"p_{c}" for c in config.CLASS_NAMES], "leaked"]
+PREDICTION_FIELDS = [
+    "file",
+    "true",
+    "predicted",
+    "confidence",
+    *[f"p_{c}" for c in config.CLASS_NAMES],
+    "leaked",
+]
 # predictions.csv of a labelled folder: the group replaces the (Kaggle-only) leakage flag.
 FOLDER_PREDICTION_FIELDS = [*PREDICTION_FIELDS[:-1], "group"]
 # An error made with at least this confidence counts as a confident error (issue #15).
@@ -103,7 +110,14 @@ def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
     ax.set_title(title, fontsize=10)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > cm.max() / 2 else "black",
+            )
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     fig.savefig(path)
     plt.close(fig)
@@ -127,11 +141,17 @@ def write_predictions(path: Path, samples, probs: np.ndarray, leaked: set[str]) 
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(PREDICTION_FIELDS)
-        for sample, p in zip(samples, probs):
+        for sample, p in zip(samples, probs, strict=True):
             k = int(np.argmax(p))
             writer.writerow(
-                [sample.relpath, sample.label, config.CLASS_NAMES[k], f"{p[k]:.6f}", *[f"{v:.6f}" for v in p],
-                 int(sample.relpath in leaked)]
+                [
+                    sample.relpath,
+                    sample.label,
+                    config.CLASS_NAMES[k],
+                    f"{p[k]:.6f}",
+                    *[f"{v:.6f}" for v in p],
+                    int(sample.relpath in leaked),
+                ]
             )
 
 
@@ -336,8 +356,14 @@ def evaluate_folder(
         for im, p, group in zip(images, probs, group_list, strict=True):
             k = int(np.argmax(p))
             writer.writerow(
-                [im.relpath, im.label, config.CLASS_NAMES[k], f"{p[k]:.6f}", *[f"{v:.6f}" for v in p],
-                 "" if group == UNGROUPED else group]
+                [
+                    im.relpath,
+                    im.label,
+                    config.CLASS_NAMES[k],
+                    f"{p[k]:.6f}",
+                    *[f"{v:.6f}" for v in p],
+                    "" if group == UNGROUPED else group,
+                ]
             )
     sub = metrics["subsets"]["all"]
     plot_confusion(
@@ -371,17 +397,22 @@ def evaluated_sets(name: str, reports_dir: str | os.PathLike | None = None) -> l
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the official and leakage-free test sets.")
+    parser = argparse.ArgumentParser(
+        description="Evaluate a checkpoint on the official and leakage-free test sets."
+    )
     parser.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
     parser.add_argument(
-        "--data-dir", default=None,
+        "--data-dir",
+        default=None,
         help="with --name: a labelled folder (one subfolder per class); else the Kaggle dataset root "
         "(default $COVID_XRAY_DATA)",
     )
     parser.add_argument("--name", default=None, help="set name: outputs in reports/<model>/<NAME>/")
     parser.add_argument("--groups", default=None, help="CSV `file,group`: per-group breakdown")
     parser.add_argument("--out", default=None, help="output folder (default reports/<model>[/<NAME>])")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint file (default checkpoints/<model>.keras)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="checkpoint file (default checkpoints/<model>.keras)"
+    )
     args = parser.parse_args(argv)
     if args.name is not None and args.data_dir is None:
         parser.error("--name needs --data-dir: the labelled folder to evaluate")
@@ -411,11 +442,16 @@ def main(argv: list[str] | None = None) -> int:
             print(missing_weights_message(config.resolve_chexnet_weights()), file=sys.stderr)
         return 2
     for key, sub in metrics["subsets"].items():
-        print(f"{args.model} {key:13s} n={sub['n']:3d} accuracy={sub['accuracy']:.4f} macro_f1={sub['macro_f1']:.4f}")
+        print(
+            f"{args.model} {key:13s} n={sub['n']:3d} accuracy={sub['accuracy']:.4f} "
+            f"macro_f1={sub['macro_f1']:.4f}"
+        )
     if args.name is not None:
         raw = metrics["calibration"]["raw"]
-        print(f"  ECE={raw['ece']:.4f} NLL={raw['nll']:.4f} errors={raw['errors']} "
-              f"with confidence >= {raw['threshold']}: {raw['confident_errors']}")
+        print(
+            f"  ECE={raw['ece']:.4f} NLL={raw['nll']:.4f} errors={raw['errors']} "
+            f"with confidence >= {raw['threshold']}: {raw['confident_errors']}"
+        )
         for group, g in (metrics["groups"] or {}).items():
             recall = " ".join(f"{c}={'-' if r is None else f'{r:.2f}'}" for c, r in g["recall"].items())
             print(f"  group {group}: n={g['n']} accuracy={g['accuracy']:.4f} recall {recall}")

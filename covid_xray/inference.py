@@ -212,8 +212,16 @@ def unavailable_detail(name: str, checkpoint: Path, weights_path=None, error: st
     if name == "chexnet":
         lines = ["No trained checkpoint."]
         if not config.resolve_chexnet_weights(weights_path).exists():
-            lines += ["Get the CheXNet base weights first:", "    pip install kagglehub", "    python -m covid_xray.weights fetch-kaggle"]
-        lines += ["Train the head and evaluate it:", train, "    python -m covid_xray.evaluate --model chexnet"]
+            lines += [
+                "Get the CheXNet base weights first:",
+                "    pip install kagglehub",
+                "    python -m covid_xray.weights fetch-kaggle",
+            ]
+        lines += [
+            "Train the head and evaluate it:",
+            train,
+            "    python -m covid_xray.evaluate --model chexnet",
+        ]
     lines += [
         f"Or start the app with internet access and without {OFFLINE_ENV_VAR}=1: it downloads and "
         "trains what is missing by itself."
@@ -406,7 +414,8 @@ class Predictor:
             loaded = load_model(name, checkpoint_dir, scorecam_max_n=scorecam_max_n)
         except (CheckpointError, ExplainerError) as exc:
             self.set_unavailable(
-                name, unavailable_message(name, checkpoint, str(exc)),
+                name,
+                unavailable_message(name, checkpoint, str(exc)),
                 unavailable_detail(name, checkpoint, weights_path, str(exc)),
             )
             logger.warning("%s unavailable: %s", spec.display_name, exc)
@@ -425,7 +434,9 @@ class Predictor:
             "Loaded %s (preprocessing %r, %s).",
             spec.display_name,
             loaded.preprocessing,
-            "uncalibrated" if loaded.temperature is None else f"calibration temperature {loaded.temperature:g}",
+            "uncalibrated"
+            if loaded.temperature is None
+            else f"calibration temperature {loaded.temperature:g}",
         )
         return True
 

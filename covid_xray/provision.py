@@ -130,12 +130,16 @@ def head_overrides(tokens: tuple[str, ...]) -> dict:
     for token in tokens:
         key, sep, value = token.partition("=")
         if not sep or key not in types:
-            raise ProvisionError(f"{HEAD_TRAIN_ARGS_ENV_VAR}: {token!r} is not KEY=VALUE with a training setting")
+            raise ProvisionError(
+                f"{HEAD_TRAIN_ARGS_ENV_VAR}: {token!r} is not KEY=VALUE with a training setting"
+            )
         kind = types[key]
         try:
             out[key] = _truthy(value) if kind is bool else kind(value) if kind in (int, float) else value
         except ValueError as exc:
-            raise ProvisionError(f"{HEAD_TRAIN_ARGS_ENV_VAR}: {token!r} has a value of the wrong type") from exc
+            raise ProvisionError(
+                f"{HEAD_TRAIN_ARGS_ENV_VAR}: {token!r} has a value of the wrong type"
+            ) from exc
     return out
 
 
@@ -274,7 +278,9 @@ def check_dataset(root: Path) -> str:
     try:
         samples = data.list_samples(root)
     except data.DatasetNotFoundError as exc:
-        raise ProvisionError(f"the dataset does not have the expected layout ({exc.__class__.__name__})") from exc
+        raise ProvisionError(
+            f"the dataset does not have the expected layout ({exc.__class__.__name__})"
+        ) from exc
     counts: dict[str, dict[str, int]] = {}
     for s in samples:
         counts.setdefault(s.split, {}).setdefault(s.label, 0)
@@ -378,7 +384,9 @@ class Provisioner:
             if source_kind(source) == "kaggle":
                 self.status.set("weights", state=WORKING, activity="downloading from Kaggle")
                 folder = kaggle_download(source.split(":", 1)[1])
-                candidates = sorted(folder.rglob(config.CHEXNET_WEIGHTS_FILENAME)) or sorted(folder.rglob("*.h5"))
+                candidates = sorted(folder.rglob(config.CHEXNET_WEIGHTS_FILENAME)) or sorted(
+                    folder.rglob("*.h5")
+                )
                 if not candidates:
                     raise ProvisionError("the Kaggle download holds no .h5 weights file")
                 self.status.set("weights", activity="checking", total=0)
@@ -425,7 +433,10 @@ class Provisioner:
             result = training.train(cfg, progress=self._head_progress)
             self.status.set("head", activity="evaluating on the test set", total=0, unit="")
             evaluate.evaluate_model(
-                "chexnet", str(config.resolve_data_dir()), str(staging / "reports" / "chexnet"), str(result.checkpoint)
+                "chexnet",
+                str(config.resolve_data_dir()),
+                str(staging / "reports" / "chexnet"),
+                str(result.checkpoint),
             )
             self.status.set("head", activity="probing shortcuts on the test set")
             self._shortcuts(result.checkpoint, staging / "reports")
@@ -453,7 +464,9 @@ class Provisioner:
 
     def _head_progress(self, stage: str, done: int, total: int) -> None:
         if stage == "features":
-            self.status.set("head", activity="computing CheXNet features", done=done, total=total, unit="images")
+            self.status.set(
+                "head", activity="computing CheXNet features", done=done, total=total, unit="images"
+            )
         else:
             self.status.set("head", activity="training head", done=done, total=total, unit="epoch")
 
@@ -495,15 +508,23 @@ class Provisioner:
                 logger.info("Provisioning: %s missing, downloads are off (%s=1).", title, OFFLINE_ENV_VAR)
                 continue
             elif any(self.status.get(n).state != READY for n in needs):
-                self.status.set(step, state=UNAVAILABLE, message="it needs the " + " and the ".join(
-                    STEP_TITLES[n] for n in needs if self.status.get(n).state != READY))
+                self.status.set(
+                    step,
+                    state=UNAVAILABLE,
+                    message="it needs the "
+                    + " and the ".join(STEP_TITLES[n] for n in needs if self.status.get(n).state != READY),
+                )
                 continue
             else:
                 started = time.perf_counter()
                 try:
                     provision()
                 except Exception as exc:  # noqa: BLE001 - one clear line; the app keeps serving
-                    message = str(exc) if isinstance(exc, ProvisionError) else f"an unexpected error ({type(exc).__name__})"
+                    message = (
+                        str(exc)
+                        if isinstance(exc, ProvisionError)
+                        else f"an unexpected error ({type(exc).__name__})"
+                    )
                     self.status.set(step, state=FAILED, message=message, total=0)
                     logger.error("Provisioning the %s failed: %s", title, message)
                     logger.debug("Provisioning traceback", exc_info=True)

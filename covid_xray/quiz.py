@@ -332,7 +332,9 @@ def question_markdown(state: QuizState) -> str:
 
 
 def reveal_markdown(
-    state: QuizState, reports_dir: str | os.PathLike | None = None, examples_file: str | os.PathLike | None = None
+    state: QuizState,
+    reports_dir: str | os.PathLike | None = None,
+    examples_file: str | os.PathLike | None = None,
 ) -> str:
     """The last answered question: the truth, whether the student was right, each model's call."""
     if state.phase != "revealed" or not state.history:
@@ -360,7 +362,9 @@ def reveal_markdown(
 
 
 def teaching_note(
-    question: Question, reports_dir: str | os.PathLike | None = None, examples_file: str | os.PathLike | None = None
+    question: Question,
+    reports_dir: str | os.PathLike | None = None,
+    examples_file: str | os.PathLike | None = None,
 ) -> str:
     """What a teacher would add after the answer: the curated note where the image has one, else the
     facts the project knows (source collection, child or adult, whether a copy is in training)."""

@@ -337,7 +337,10 @@ def gallery_status(
     evaluated = [m for m in MODELS if load_predictions(m, reports_dir) is not None]
     if mode != "misclassified" and len(evaluated) < 2:
         missing = " and ".join(MODELS[m].display_name for m in MODELS if m not in evaluated)
-        return f"Comparing the models needs both evaluations; {missing} has not been evaluated on this server yet."
+        return (
+            f"Comparing the models needs both evaluations; {missing} has not been evaluated on this "
+            "server yet."
+        )
     text = f"{len(cases)} test image{'s' if len(cases) != 1 else ''} match."
     if cases and not data_available(data_dir):
         return f"{text} {missing_data_message(data_dir)}"
@@ -582,7 +585,11 @@ def external_sets_markdown(name: str, reports_dir: str | os.PathLike | None = No
 
     blocks = []
     for key, _title, folder in evaluated_sets(name, reports_dir):
-        metrics = _read_json(str(folder / "metrics.json"), _stamp(folder / "metrics.json")) if key != KAGGLE_SET_KEY else None
+        metrics = (
+            _read_json(str(folder / "metrics.json"), _stamp(folder / "metrics.json"))
+            if key != KAGGLE_SET_KEY
+            else None
+        )
         if not metrics:
             continue
         sub = (metrics.get("subsets") or {}).get("all") or {}
@@ -592,7 +599,7 @@ def external_sets_markdown(name: str, reports_dir: str | os.PathLike | None = No
             f" (n={(per_class.get(c) or {}).get('support', 0)})"
             for c in CLASS_NAMES
         )
-        calib = (metrics.get("calibration") or {})
+        calib = metrics.get("calibration") or {}
         stats = calib.get("calibrated") or calib.get("raw") or {}
         lines = [
             f"**{key}** ({sub.get('n', '?')} films): accuracy {_fmt(sub.get('accuracy'), True)}; "
@@ -607,7 +614,9 @@ def external_sets_markdown(name: str, reports_dir: str | os.PathLike | None = No
         if groups:
             lines += [
                 "",
-                "| group | n | accuracy | " + " | ".join(f"recall {CLASS_DISPLAY_NAMES[c]}" for c in CLASS_NAMES) + " |",
+                "| group | n | accuracy | "
+                + " | ".join(f"recall {CLASS_DISPLAY_NAMES[c]}" for c in CLASS_NAMES)
+                + " |",
                 "|---|---:|---:|" + "---:|" * len(CLASS_NAMES),
             ]
             for group, g in groups.items():
@@ -673,9 +682,7 @@ def _border_mass_sentence(name: str, reports_dir: str | os.PathLike | None) -> s
     summary = explain_eval.border_mass_summary(name, reports_dir)
     gradcam = (summary or {}).get("methods", {}).get("gradcam")
     if not gradcam:
-        return (
-            f"{spec.display_name}'s heatmaps have not been measured on this server yet."
-        )
+        return f"{spec.display_name}'s heatmaps have not been measured on this server yet."
     mass, uniform = float(gradcam["mean"]), float(summary["uniform"])
     border = float(summary["border"])
     if mass < 0.5 * uniform:
@@ -731,7 +738,7 @@ def shortcut_markdown(reports_dir: str | os.PathLike | None = None) -> str:
         "**What the heatmaps add.** A model that read the lungs would put little heatmap weight on the "
         "image border, where text markers, rulers and collimation edges sit. "
         + " ".join(sentences)
-        + " Read a high score here as \"can tell these collections apart\", not \"can diagnose COVID-19\": "
+        + ' Read a high score here as "can tell these collections apart", not "can diagnose COVID-19": '
         "trusting it would take adults with and without COVID-19 from the same hospitals and scanners."
     )
     return first + "\n\n" + second

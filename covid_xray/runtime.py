@@ -94,7 +94,9 @@ class AppRuntime:
 
             configure_cpu_threads(intra_op=2, inter_op=1)
             with self._lock:
-                self._loading = {n for n, s in MODELS.items() if s.checkpoint_path(self.checkpoint_dir).exists()}
+                self._loading = {
+                    n for n, s in MODELS.items() if s.checkpoint_path(self.checkpoint_dir).exists()
+                }
             self._bump()
             for name in MODELS:
                 self._load(name)
@@ -200,12 +202,14 @@ class AppRuntime:
             doing = self.preparation_text() or "waiting for its turn"
             return f"{display} is being prepared on this server ({doing}). It appears here when ready."
         failed = [
-            s for s in ("dataset", "weights", "head")
+            s
+            for s in ("dataset", "weights", "head")
             if self.status.get(s).state == provision.FAILED and name == "chexnet"
         ]
         if failed:
             reason = self.status.get(failed[0]).message
-            return f"{display} is not installed on this server: preparing the {provision.STEP_TITLES[failed[0]]} failed ({reason})."
+            step = provision.STEP_TITLES[failed[0]]
+            return f"{display} is not installed on this server: preparing the {step} failed ({reason})."
         return self.predictor.status_message(name) or f"{display} is not installed on this server."
 
     def model_detail(self, name: str) -> str:
@@ -250,11 +254,16 @@ class AppRuntime:
         if state == PREPARING:
             step = self.status.get("dataset")
             doing = step.progress_text() if step.state == provision.WORKING else "waiting"
-            return f"The test images are being downloaded to this server ({doing}); they appear here when ready."
+            return (
+                f"The test images are being downloaded to this server ({doing}); they appear here when ready."
+            )
         step = self.status.get("dataset")
         if step.state == provision.FAILED:
             return f"The test images are not available on this server: the download failed ({step.message})."
-        return "The test images are not available on this server, so examples, the gallery and the quiz are empty. Uploads still work."
+        return (
+            "The test images are not available on this server, so examples, the gallery and the quiz "
+            "are empty. Uploads still work."
+        )
 
     def dataset_detail(self) -> str:
         """For operators: how to give the app its dataset."""

@@ -106,7 +106,13 @@ def probe_figure(view: ModelShortcut):
     height = 0.8 / len(CLASS_NAMES)
     for c_index, cls in enumerate(CLASS_NAMES):
         ys = [r_index + c_index * height for r_index in range(len(rows))]
-        ax.barh(ys, [probs[cls] for _, probs in rows], height, color=CLASS_COLOURS[cls], label=CLASS_DISPLAY_NAMES[cls])
+        ax.barh(
+            ys,
+            [probs[cls] for _, probs in rows],
+            height,
+            color=CLASS_COLOURS[cls],
+            label=CLASS_DISPLAY_NAMES[cls],
+        )
     ax.set_yticks([r + 0.4 - height / 2 for r in range(len(rows))])
     labels = [MASK_LABELS.get(mask, mask) for mask, _ in rows]
     for i, (mask, _) in enumerate(rows):

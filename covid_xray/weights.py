@@ -616,7 +616,9 @@ def install(
     return report
 
 
-def fetch_from_kaggle(handle: str = CHEXNET_KAGGLE_DATASET, dest: str | os.PathLike | None = None) -> LoadReport:
+def fetch_from_kaggle(
+    handle: str = CHEXNET_KAGGLE_DATASET, dest: str | os.PathLike | None = None
+) -> LoadReport:
     """Download a Kaggle dataset holding the weights file (kagglehub) and install it.
 
     Raises:
@@ -652,7 +654,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256", default=CHEXNET_WEIGHTS_SHA256, help="expected SHA-256 (hex)")
     p.add_argument("--dest", help=dest_help)
 
-    p = sub.add_parser("fetch-kaggle", help="download the weights from a Kaggle mirror (kagglehub) and install them")
+    p = sub.add_parser(
+        "fetch-kaggle", help="download the weights from a Kaggle mirror (kagglehub) and install them"
+    )
     p.add_argument("--dataset", default=CHEXNET_KAGGLE_DATASET, help="Kaggle dataset handle")
     p.add_argument("--dest", help=dest_help)
 

@@ -52,7 +52,19 @@ def _fake_png(tmp_path):
 def test_diagnose_handler(app_module, runtime_davidnet, predictor_davidnet, data_dir):
     values = app_module.diagnose(runtime_davidnet, str(data_dir / COVID_IMAGE), "gradcam", 0.4, "answer")
     assert len(values) == N_DIAGNOSE
-    status, preview, d_summary, d_label, d_overlay, c_summary, c_label, c_overlay, answer, payload, warning = values
+    (
+        status,
+        preview,
+        d_summary,
+        d_label,
+        d_overlay,
+        c_summary,
+        c_label,
+        c_overlay,
+        answer,
+        payload,
+        warning,
+    ) = values
     assert status == ""
     assert preview.shape == (512, 512, 3)
     assert d_overlay.shape == (512, 512 + colorbar_width(512, 512), 3)  # the colour scale beside it
@@ -117,9 +129,7 @@ def test_gallery_handlers(app_module, runtime_davidnet, predictor_davidnet, repo
         "davidnet", "Normal", app_module.ANY, "official", "both_wrong", reports_dir, data_dir
     )
     assert [c.file for c in cases] == ["test/Normal/0103.jpeg"]
-    details, image, *model_values = app_module.open_case(
-        runtime_davidnet, cases, 0, "gradcam", 0.3, data_dir
-    )
+    details, image, *model_values = app_module.open_case(runtime_davidnet, cases, 0, "gradcam", 0.3, data_dir)
     assert "0103" in details and image.shape == (512, 512, 3)
     assert model_values[2].shape[0] == image.shape[0]  # DavidNet overlay (+ its colour-scale strip)
     assert model_values[3:] == ["", None, None]
@@ -147,7 +157,9 @@ def test_build_demo_without_dataset(app_module, runtime_davidnet, predictor_davi
     assert not [t for t in texts if str(tmp_path) in t or str(config.PROJECT_ROOT) in t]
 
 
-def test_broken_committed_files_do_not_take_the_app_down(app_module, runtime_davidnet, predictor_davidnet, data_dir, tmp_path):
+def test_broken_committed_files_do_not_take_the_app_down(
+    app_module, runtime_davidnet, predictor_davidnet, data_dir, tmp_path
+):
     broken = tmp_path / "davidnet" / "predictions.csv"
     broken.parent.mkdir()
     broken.write_text("file,true\ntest/Covid/0100.jpeg,Covid\n")
@@ -176,12 +188,15 @@ def _interactive(updates: list) -> list:
     return [update["interactive"] for update in updates]
 
 
-def test_quiz_handlers_play_a_whole_quiz(app_module, runtime_davidnet, predictor_davidnet, reports_dir, data_dir):
+def test_quiz_handlers_play_a_whole_quiz(
+    app_module, runtime_davidnet, predictor_davidnet, reports_dir, data_dir
+):
     installed = predictor_davidnet.available_models
     values = app_module.quiz_start("hard", installed, seed=1, data_dir=data_dir, reports_dir=reports_dir)
     assert len(values) == app_module.N_QUIZ_OUTPUTS
     state, status, image, reveal, *model_values, score = values[: -len(CLASS_NAMES) - 1]
-    # Hard cases: DavidNet's errors in the fixture reports (CheXNet is not installed: its errors do not count).
+    # Hard cases: DavidNet's errors in the fixture reports (CheXNet is not installed: its errors do
+    # not count).
     assert sorted(q.file for q in state.order) == sorted(
         file for file, true, davidnet, *_ in GALLERY_ROWS if davidnet != true
     )
@@ -227,7 +242,9 @@ def test_quiz_handlers_play_a_whole_quiz(app_module, runtime_davidnet, predictor
         app_module.quiz_next(values[0], data_dir)
 
 
-def test_quiz_start_refusals(app_module, runtime_davidnet, predictor_davidnet, reports_dir, data_dir, tmp_path):
+def test_quiz_start_refusals(
+    app_module, runtime_davidnet, predictor_davidnet, reports_dir, data_dir, tmp_path
+):
     installed = predictor_davidnet.available_models
     values = app_module.quiz_start("all", installed, data_dir=tmp_path, reports_dir=reports_dir)
     assert "test images are not available on this server" in values[1]
@@ -242,7 +259,9 @@ def _by_elem_id(demo: gr.Blocks) -> dict[str, dict]:
     return {c["props"]["elem_id"]: c for c in demo.config["components"] if c.get("props", {}).get("elem_id")}
 
 
-def test_quiz_tab_layout_and_events(app_module, runtime_davidnet, predictor_davidnet, reports_dir, data_dir, tmp_path):
+def test_quiz_tab_layout_and_events(
+    app_module, runtime_davidnet, predictor_davidnet, reports_dir, data_dir, tmp_path
+):
     demo = app_module.build_demo(runtime_davidnet, reports_dir=reports_dir, data_dir=data_dir)
     tabs = [c["props"]["label"] for c in demo.config["components"] if c["type"] == "tabitem"]
     assert tabs.index("Error gallery") < tabs.index("Quiz") < tabs.index("Model report")
@@ -361,7 +380,9 @@ def test_private_files_are_not_served(app_server, data_dir, route):
         assert status != 200 or signature not in body, f"{route}{path} was served"
 
 
-def test_report_and_about_tabs_show_calibration_faithfulness_and_shortcuts(app_module, runtime_davidnet, predictor_davidnet, data_dir):
+def test_report_and_about_tabs_show_calibration_faithfulness_and_shortcuts(
+    app_module, runtime_davidnet, predictor_davidnet, data_dir
+):
     from covid_xray import calibration, explain_eval
 
     demo = app_module.build_demo(runtime_davidnet, data_dir=data_dir)  # the committed reports/

@@ -91,7 +91,9 @@ def test_the_page_comes_up_with_davidnet_then_follows_provisioning(first_start, 
         seen.add(text)
         page.wait_for_timeout(500)
         waited += 500
-    assert "CheXNet ready" in status.inner_text(), f"status stuck at {status.inner_text()!r}; log:\n{app.log_tail()}"
+    assert "CheXNet ready" in status.inner_text(), (
+        f"status stuck at {status.inner_text()!r}; log:\n{app.log_tail()}"
+    )
     assert len(seen) >= 2 and any("CheXNet:" in s for s in seen), seen
 
     # Examples, gallery and quiz appeared without a reload.

@@ -162,7 +162,11 @@ def test_chexnet_missing_is_reported_not_raised(predictor_davidnet, missing_weig
     assert detail.index("python -m covid_xray.weights") < detail.index("python train.py --model chexnet")
     assert not re.search(r"(^|\s)/\w", detail), detail  # no server paths
     assert str(missing_weights.parent) not in detail
-    assert result.to_api_json()["chexnet"] == {"available": False, "message": chexnet.message, "detail": detail}
+    assert result.to_api_json()["chexnet"] == {
+        "available": False,
+        "message": chexnet.message,
+        "detail": detail,
+    }
     assert result.models["davidnet"].available
     panel = detail_markdown(detail)
     assert "```bash\npip install kagglehub\npython -m covid_xray.weights fetch-kaggle\n```" in panel

@@ -124,8 +124,14 @@ def test_kaggle_adapter_passes_the_handle_to_kagglehub(monkeypatch, tmp_path):
 def test_dataset_from_kaggle_is_copied_and_checked(home, data_dir, monkeypatch):
     """The kaggle: source runs the same checks on kagglehub's folder, then copies it into the cache."""
     folder = data_dir.parent  # kagglehub returns the folder above Covid19-dataset/
-    monkeypatch.setitem(sys.modules, "kagglehub", types.SimpleNamespace(dataset_download=lambda h: str(folder)))
-    status = run(Settings(offline=False, dataset_source=f"kaggle:{config.KAGGLE_DATASET}", chexnet_source="kaggle:x/none"))
+    monkeypatch.setitem(
+        sys.modules, "kagglehub", types.SimpleNamespace(dataset_download=lambda h: str(folder))
+    )
+    status = run(
+        Settings(
+            offline=False, dataset_source=f"kaggle:{config.KAGGLE_DATASET}", chexnet_source="kaggle:x/none"
+        )
+    )
     assert status.get("dataset").state == READY
     assert provision.check_dataset(config.home_data_dir()).startswith("317 images")
 
@@ -134,9 +140,13 @@ def test_dataset_from_kaggle_is_copied_and_checked(home, data_dir, monkeypatch):
 # Dataset and weights over loopback HTTP.
 # ---------------------------------------------------------------------------
 def test_dataset_and_weights_download_then_a_second_start_reuses_them(home, server, monkeypatch):
-    settings = Settings(dataset_source=server.url("/Covid19-dataset.zip"), chexnet_source=server.url("/weights.h5"))
+    settings = Settings(
+        dataset_source=server.url("/Covid19-dataset.zip"), chexnet_source=server.url("/weights.h5")
+    )
     # Stop before the (slow) head: this test is about the downloads.
-    monkeypatch.setattr(Provisioner, "provision_head", lambda self: (_ for _ in ()).throw(RuntimeError("stop")))
+    monkeypatch.setattr(
+        Provisioner, "provision_head", lambda self: (_ for _ in ()).throw(RuntimeError("stop"))
+    )
     status = run(settings)
     assert status.get("dataset").state == READY, status.get("dataset")
     assert status.get("weights").state == READY, status.get("weights")
@@ -189,7 +199,9 @@ def test_weights_with_a_wrong_sha256_are_refused(home, server, files):
 
 def test_weights_that_are_not_densenet121_are_refused(home, server, files, tmp_path):
     server.routes["/not-weights.h5"] = b"this is not an HDF5 file"
-    status = run(Settings(dataset_source=server.url("/error.zip"), chexnet_source=server.url("/not-weights.h5")))
+    status = run(
+        Settings(dataset_source=server.url("/error.zip"), chexnet_source=server.url("/not-weights.h5"))
+    )
     assert status.get("weights").state == FAILED
     assert "not a complete CheXNet DenseNet121" in status.get("weights").message
     assert not config.home_chexnet_weights().exists()
@@ -212,7 +224,13 @@ def test_weights_from_a_file_url_with_the_right_sha256(home, files):
 
 
 def test_offline_mode_downloads_nothing(home, server):
-    status = run(Settings(dataset_source=server.url("/Covid19-dataset.zip"), chexnet_source=server.url("/weights.h5"), offline=True))
+    status = run(
+        Settings(
+            dataset_source=server.url("/Covid19-dataset.zip"),
+            chexnet_source=server.url("/weights.h5"),
+            offline=True,
+        )
+    )
     assert {s.state for s in status.snapshot().values()} == {UNAVAILABLE}
     assert sum(server.hits.values()) == 0
     assert not home.exists() or not any(home.iterdir())
@@ -222,7 +240,9 @@ def test_offline_mode_downloads_nothing(home, server):
 # The whole chain: dataset, weights, head trained and evaluated, then served.
 # ---------------------------------------------------------------------------
 @pytest.mark.slow
-def test_first_start_trains_and_evaluates_the_head_then_a_second_start_does_nothing(home, server, monkeypatch):
+def test_first_start_trains_and_evaluates_the_head_then_a_second_start_does_nothing(
+    home, server, monkeypatch
+):
     from covid_xray import report, training
 
     settings = Settings(

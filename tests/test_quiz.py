@@ -201,7 +201,9 @@ def test_hard_pool_is_what_an_installed_model_got_wrong(fake_data, tmp_path):
 
 
 def test_hard_pool_without_an_evaluation_says_what_to_do(fake_data, tmp_path):
-    with pytest.raises(QuizError, match="no installed model has been evaluated on this server yet: choose all"):
+    with pytest.raises(
+        QuizError, match="no installed model has been evaluated on this server yet: choose all"
+    ):
         quiz.build_pool("hard", fake_data, tmp_path / "no_reports", ("chexnet",))
     broken = MODELS["davidnet"].report_dir(tmp_path / "broken") / "predictions.csv"
     broken.parent.mkdir(parents=True)

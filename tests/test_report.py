@@ -417,14 +417,28 @@ def test_cv_markdown_sets_cross_validation_beside_test(tmp_path):
 def test_external_sets_are_summarised_with_their_groups(tmp_path):
     folder = tmp_path / "davidnet" / "hospital-a"
     folder.mkdir(parents=True)
-    per_class = {c: {"precision": 0.5, "recall": r, "f1": 0.5, "support": 10} for c, r in zip(CLASS_NAMES, (0.9, 0.1, 0.5), strict=True)}
+    per_class = {
+        c: {"precision": 0.5, "recall": r, "f1": 0.5, "support": 10}
+        for c, r in zip(CLASS_NAMES, (0.9, 0.1, 0.5), strict=True)
+    }
     metrics = {
         "kind": "labelled_folder",
         "subsets": {"all": {"n": 30, "accuracy": 0.5, "per_class": per_class}},
-        "calibration": {"temperature": None, "raw": {"ece": 0.3, "threshold": 0.9, "errors": 15, "confident_errors": 12}},
+        "calibration": {
+            "temperature": None,
+            "raw": {"ece": 0.3, "threshold": 0.9, "errors": 15, "confident_errors": 12},
+        },
         "groups": {
-            "adult": {"n": 20, "accuracy": 0.4, "recall": {"Covid": 0.9, "Normal": 0.05, "Viral Pneumonia": None}},
-            "child": {"n": 10, "accuracy": 0.7, "recall": {"Covid": None, "Normal": 0.8, "Viral Pneumonia": 0.5}},
+            "adult": {
+                "n": 20,
+                "accuracy": 0.4,
+                "recall": {"Covid": 0.9, "Normal": 0.05, "Viral Pneumonia": None},
+            },
+            "child": {
+                "n": 10,
+                "accuracy": 0.7,
+                "recall": {"Covid": None, "Normal": 0.8, "Viral Pneumonia": 0.5},
+            },
         },
     }
     (folder / "metrics.json").write_text(json.dumps(metrics))

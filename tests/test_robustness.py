@@ -177,7 +177,12 @@ def test_tampered_checkpoint_is_shown_as_unavailable(
     assert panels["diagnose-davidnet-missing"] == message
     # The API still answers: DavidNet unavailable with the message, the input still checked.
     payload = app_module.api_predict(runtime, str(data_dir / COVID_IMAGE))
-    assert payload["davidnet"] == {"available": False, "state": "missing", "message": message, "detail": detail}
+    assert payload["davidnet"] == {
+        "available": False,
+        "state": "missing",
+        "message": message,
+        "detail": detail,
+    }
     _assert_input_check(payload["input_check"])
 
 

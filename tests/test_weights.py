@@ -382,6 +382,7 @@ def test_fetch_from_kaggle_without_an_h5_is_refused(tmp_path, monkeypatch):
     from covid_xray.weights import WeightsError, fetch_from_kaggle
 
     (tmp_path / "empty").mkdir()
-    monkeypatch.setitem(sys.modules, "kagglehub", types.SimpleNamespace(dataset_download=lambda h: str(tmp_path / "empty")))
+    fake = types.SimpleNamespace(dataset_download=lambda h: str(tmp_path / "empty"))
+    monkeypatch.setitem(sys.modules, "kagglehub", fake)
     with pytest.raises(WeightsError, match="no .h5"):
         fetch_from_kaggle(dest=tmp_path / "x.h5")
