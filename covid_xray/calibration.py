@@ -39,8 +39,7 @@ from typing import Any
 import numpy as np
 
 from covid_xray import config
-from covid_xray.config import CLASS_NAMES, MODELS
-from covid_xray.report import EVALUATE_COMMAND
+from covid_xray.config import CLASS_NAMES, EVALUATE_COMMAND, MODELS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 logger = logging.getLogger(__name__)

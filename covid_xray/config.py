@@ -220,6 +220,10 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+# Commands quoted in messages and reports (one home each).
+EVALUATE_COMMAND = "python -m covid_xray.evaluate --model {name}"
+
+
 def get_model_spec(name: str) -> ModelSpec:
     """Look a model up by name, with a helpful error."""
     try:

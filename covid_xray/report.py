@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 # Configurable parameters.
 # ---------------------------------------------------------------------------
 THUMBNAIL_SIDE = 256
-EVALUATE_COMMAND = "python -m covid_xray.evaluate --model {name}"
+EVALUATE_COMMAND = config.EVALUATE_COMMAND
 # Test subsets of the error gallery (the `leaked` column of predictions.csv).
 SUBSETS: dict[str, str] = {
     "official": f"{config.TEST_SUBSET_TITLES['official']} (all images)",
