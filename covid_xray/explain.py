@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
-import keras
 import numpy as np
-import tensorflow as tf
-from keras import ops
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
@@ -93,21 +94,41 @@ def _gradient_cam(result: _InteractiveResult, method: str) -> _CamResult:
     return result.gradcam_plus_plus if method == "gradcam++" else result.gradcam
 
 
-class _LogitsHead(keras.layers.Layer):
-    """The classifier's final Dense layer without its softmax, sharing its weights.
+def _import_tensorflow() -> None:
+    """Bind `tf` and `keras` in this module on first use (by `Explainer`).
 
-    Sharing (instead of copying) keeps the logits twin in step with the model if its weights change.
+    Importing this module imports no TensorFlow: the overlay, the notes and `METHODS` serve the
+    page while the models still load, and a request in that window must not race the loader's
+    TensorFlow import (TensorFlow's import is not safe in two threads at once).
     """
+    global tf, keras
+    import keras
+    import tensorflow as tf
 
-    def __init__(self, dense: keras.layers.Dense, **kwargs):
-        super().__init__(**kwargs)
-        self.dense = dense
 
-    def call(self, inputs):
-        logits = ops.matmul(inputs, self.dense.kernel)
-        if self.dense.use_bias:
-            logits = ops.add(logits, self.dense.bias)
-        return logits
+@functools.cache
+def _logits_head_class() -> type:
+    """`_LogitsHead`, a Keras layer class, defined on first use (see `_import_tensorflow`)."""
+    _import_tensorflow()
+
+    class _LogitsHead(keras.layers.Layer):
+        """The classifier's final Dense layer without its softmax, sharing its weights.
+
+        Sharing (instead of copying) keeps the logits twin in step with the model if its weights
+        change.
+        """
+
+        def __init__(self, dense, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = dense
+
+        def call(self, inputs):
+            logits = keras.ops.matmul(inputs, self.dense.kernel)
+            if self.dense.use_bias:
+                logits = keras.ops.add(logits, self.dense.bias)
+            return logits
+
+    return _LogitsHead
 
 
 def _resize_aligned(images: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
@@ -199,6 +220,7 @@ class Explainer:
         scorecam_max_n: int = DEFAULT_SCORECAM_MAX_N,
         feature_layer: str | None = None,
     ):
+        _import_tensorflow()
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             raise ExplainerError(
                 f"Expected a model with 1 input and 1 output, got {len(model.inputs)} inputs and "
@@ -244,7 +266,7 @@ class Explainer:
         self.num_classes: int = int(head.units)
         self.scorecam_max_n = min(int(scorecam_max_n), int(target.output.shape[-1]))
 
-        logits = _LogitsHead(head, name=f"{head.name}_logits")(head.input)
+        logits = _logits_head_class()(head, name=f"{head.name}_logits")(head.input)
         # The logits twin: the same layers and weights, final softmax removed (see module docstring).
         self.logits_model = keras.Model(model.inputs[0], logits, name=f"{model.name}_logits")
         # One graph for probabilities and CAM: target-layer activations and class logits together.
