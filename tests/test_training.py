@@ -70,7 +70,9 @@ def test_compile_label_smoothing_and_weight_decay():
     from covid_xray.training import _compile
 
     inputs = keras.Input((2,))
-    model = _compile(keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs)), 1e-3, 0.1, 0.01)
+    model = _compile(
+        keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs)), 1e-3, 0.1, 0.01
+    )
     assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
     assert model.optimizer.weight_decay == pytest.approx(0.01)
     y = np.array([[1.0, 0.0, 0.0]], np.float32)
@@ -84,7 +86,10 @@ def test_write_val_predictions(tmp_path):
     from covid_xray.data import Sample
     from covid_xray.training import write_val_predictions
 
-    samples = [Sample(Path("/d/train/Covid/a.png"), "train", "Covid"), Sample(Path("/d/train/Normal/b.png"), "train", "Normal")]
+    samples = [
+        Sample(Path("/d/train/Covid/a.png"), "train", "Covid"),
+        Sample(Path("/d/train/Normal/b.png"), "train", "Normal"),
+    ]
     write_val_predictions(samples, np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1]]), tmp_path / "v.csv")
     rows = list(csv.DictReader(open(tmp_path / "v.csv")))
     assert [r["file"] for r in rows] == ["train/Covid/a.png", "train/Normal/b.png"]
@@ -132,7 +137,9 @@ def test_fit_phases_restores_best_weights_when_a_later_phase_never_improves(tmp_
         return _compile(keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs)), 0.3)
 
     cfg = TrainConfig(epochs=30, augment_epochs=3, early_stopping_patience=40, lr_patience=40, verbose=0)
-    model, rows, kept = _fit_phases(cfg, model_fn, plain, flipped, val, None, tmp_path, tf.distribute.get_strategy())
+    model, rows, kept = _fit_phases(
+        cfg, model_fn, plain, flipped, val, None, tmp_path, tf.distribute.get_strategy()
+    )
     assert kept["phase"] == "plain"
     assert min(r["val_loss"] for r in rows if r["phase"] == "augmented") > kept["val_loss"]
     final_loss = model.evaluate(val, verbose=0)[0]
@@ -271,11 +278,25 @@ def test_sweep_cross_validation_end_to_end(tmp_path, data_dir):
     configs.write_text(json.dumps({"aug-only": {"epochs": 0, "augment-epochs": 1}}))
     out = tmp_path / "sweep"
     base = "--max-per-class 6 --batch-size 8 --lr 1e-3"
-    args = ["scripts/sweep.py", "--out", str(out), "--folds", "2", "--seeds", "3", "--base", base, "--configs", str(configs)]
+    args = [
+        "scripts/sweep.py",
+        "--out",
+        str(out),
+        "--folds",
+        "2",
+        "--seeds",
+        "3",
+        "--base",
+        base,
+        "--configs",
+        str(configs),
+    ]
     result = run_cli(args)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["selected"] == "aug-only" and summary["seeds"] == [3] and summary["reference"] == "aug-only"
+    assert (
+        summary["selected"] == "aug-only" and summary["seeds"] == [3] and summary["reference"] == "aug-only"
+    )
     assert summary["configurations"]["aug-only"]["vs_reference"]["log_loss"] == 0.0
     assert summary["selected_beats_reference"] is False  # nothing beats itself
     seed = summary["configurations"]["aug-only"]["seeds"]["3"]
@@ -315,7 +336,15 @@ def test_sweep_paired_difference_flags_only_clear_improvements():
     ref_losses = rng.uniform(0.1, 1.0, size=40)
 
     def entry(losses, correct):
-        return {"seeds": {"1": {"per_image": {f: (float(x), bool(c)) for f, x, c in zip(files, losses, correct, strict=True)}}}}
+        return {
+            "seeds": {
+                "1": {
+                    "per_image": {
+                        f: (float(x), bool(c)) for f, x, c in zip(files, losses, correct, strict=True)
+                    }
+                }
+            }
+        }
 
     reference = entry(ref_losses, [True] * 30 + [False] * 10)
     clearly_better = entry(ref_losses - 0.2, [True] * 36 + [False] * 4)
@@ -405,15 +434,24 @@ def test_programmatic_train_saves_where_asked_and_reports_progress(tmp_path, dat
 
     calls = []
     cfg = TrainConfig(
-        model="davidnet", data_dir=str(data_dir), epochs=2, augment_epochs=1, max_per_class=4, batch_size=8,
-        early_stopping_patience=5, checkpoint_dir=str(tmp_path / "ckpt"), run_dir=str(tmp_path / "run"),
+        model="davidnet",
+        data_dir=str(data_dir),
+        epochs=2,
+        augment_epochs=1,
+        max_per_class=4,
+        batch_size=8,
+        early_stopping_patience=5,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        run_dir=str(tmp_path / "run"),
         verbose=0,
     )
     result = train(cfg, progress=lambda stage, done, total: calls.append((stage, done, total)))
     assert result.checkpoint == tmp_path / "ckpt" / "davidnet.keras" and result.checkpoint.exists()
     assert result.run_dir == tmp_path / "run" and (tmp_path / "run" / "val_predictions.csv").exists()
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
-        "davidnet.json", "davidnet.keras", "davidnet_history.csv"
+        "davidnet.json",
+        "davidnet.keras",
+        "davidnet_history.csv",
     ]
     assert calls == [("epoch", 1, 3), ("epoch", 2, 3), ("epoch", 3, 3)]
 
@@ -426,9 +464,18 @@ def test_chexnet_head_reports_feature_progress_into_the_configured_cache(tmp_pat
     weights = tmp_path / "chexnet_base.h5"
     write_keras2_chexnet_weights(weights, seed=0)
     cfg = TrainConfig(
-        model="chexnet", data_dir=str(data_dir), epochs=1, augment_epochs=1, max_per_class=2, batch_size=8,
-        feature_views=2, chexnet_weights=str(weights), checkpoint_dir=str(tmp_path / "ckpt"),
-        run_dir=str(tmp_path / "run"), feature_cache_dir=str(tmp_path / "features"), verbose=0,
+        model="chexnet",
+        data_dir=str(data_dir),
+        epochs=1,
+        augment_epochs=1,
+        max_per_class=2,
+        batch_size=8,
+        feature_views=2,
+        chexnet_weights=str(weights),
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        run_dir=str(tmp_path / "run"),
+        feature_cache_dir=str(tmp_path / "features"),
+        verbose=0,
     )
     calls = []
     train(cfg, progress=lambda stage, done, total: calls.append((stage, done, total)))
