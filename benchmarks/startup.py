@@ -56,7 +56,9 @@ def main() -> int:
             loaded[name].explainer.warm_up(WARM_UP_METHODS)
             t = mark(f"trace + first run of {name}", t)
         predictor = Predictor(loaded, {})
-        demo = app.build_demo(predictor)
+        from covid_xray.runtime import AppRuntime
+
+        demo = app.build_demo(AppRuntime.serving(predictor))
         t = mark("build the UI", t)
         demo.queue()
         demo.launch(prevent_thread_lock=True, run_history=False, quiet=True)

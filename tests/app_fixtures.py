@@ -176,7 +176,36 @@ def start_app_server(checkpoint_dir: Path, reports_dir: Path, workdir: Path) -> 
     server.reports_dir = reports_dir
     try:
         server.wait_until_up(SERVER_START_TIMEOUT_S, poll_s=2.0)
+        wait_until_models_answer(server, SERVER_START_TIMEOUT_S)
     except BaseException:
         server.stop()
         raise
     return server
+
+
+def wait_until_models_answer(server: AppServer, timeout_s: float) -> None:
+    """The page is served before the models load: poll the `predict` API until every model in
+    the checkpoint folder answers (a real test image).
+
+    Raises `appserver.AppServerError` with the log tail when they do not in time.
+    """
+    import time
+
+    from gradio_client import Client, handle_file
+
+    from tests.appserver import AppServerError
+
+    image = handle_file(str(config.resolve_data_dir() / "test/Covid/0100.jpeg"))
+    expected = [
+        name for name, spec in config.MODELS.items() if spec.checkpoint_path(server.checkpoint_dir).exists()
+    ]
+    client = Client(server.url, verbose=False)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = client.predict(image, api_name="/predict")
+        if all(result[name]["available"] for name in expected):
+            return
+        time.sleep(2.0)
+    raise AppServerError(
+        f"models {expected} did not all answer within {timeout_s:.0f} s:\n{server.log_tail()}"
+    )
