@@ -62,7 +62,8 @@ ABOUT_MARKDOWN = (
     "the most influence on the class shown, which is not always the disease (text markers and the "
     "image border are common shortcuts). A model's probabilities are calibrated by temperature "
     "scaling fitted on held-out predictions (cross-validation) when they can identify a "
-    'temperature, and are labelled "calibrated" then; otherwise they are the model\'s raw softmax, labelled "raw" (the Model report says why). '
+    'temperature, and are labelled "calibrated" then; otherwise they are the model\'s raw softmax, '
+    'labelled "raw" (the Model report says why). '
     "Every number on the Model report tab comes from a command in the project's README that anyone "
     "can rerun.\n\n"
     "**For research and teaching only. Not for diagnosis.**"
