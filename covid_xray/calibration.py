@@ -66,6 +66,7 @@ SIDECAR_KEY = "calibration"
 REPORT_FILE = "calibration.json"
 OOF_REPORT_FILE = "calibration_oof.json"  # written by covid_xray.oof_calibration
 IMAGE_FILE = "reliability.png"
+OOF_IMAGE_FILE = "calibration_oof.png"  # written by covid_xray.oof_calibration
 # Splits of calibration.json, in display order (the test subsets use metrics.json's names).
 SPLIT_TITLES: dict[str, str] = {"validation": "Validation (fitted on)", **config.TEST_SUBSET_TITLES}
 
@@ -581,9 +582,22 @@ def load_calibration(name: str, reports_dir: str | os.PathLike | None = None) ->
 
 
 def reliability_image_path(name: str, reports_dir: str | os.PathLike | None = None) -> Path | None:
-    """`reports/<model>/reliability.png` when it exists, else None."""
-    path = config.get_model_spec(name).report_dir(reports_dir) / IMAGE_FILE
+    """The reliability diagram of the temperature the app serves: `calibration_oof.png` when the
+    served checkpoint's T was fitted out of fold, else `reliability.png`; None when it is missing."""
+    folder = config.get_model_spec(name).report_dir(reports_dir)
+    oof = load_oof_calibration(name, reports_dir)
+    served_oof = oof is not None and _served_out_of_fold(name, oof.get("temperature"))
+    path = folder / (OOF_IMAGE_FILE if served_oof else IMAGE_FILE)
     return path if path.is_file() else None
+
+
+def _served_out_of_fold(name: str, temperature: Any) -> bool:
+    """Whether the served checkpoint's sidecar carries this out-of-fold temperature."""
+    sidecar = _sidecar(name)
+    entry = sidecar.get(SIDECAR_KEY) if isinstance(sidecar.get(SIDECAR_KEY), dict) else {}
+    return str(entry.get("fitted_on", "")).startswith("out-of-fold") and (
+        temperature_from_metadata(sidecar) == temperature
+    )
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -622,9 +636,8 @@ def _oof_markdown(name: str, oof: dict, validation: dict | None) -> str:
     spec = config.get_model_spec(name)
     temperature = oof.get("temperature")
     sidecar = _sidecar(name)
-    entry = sidecar.get(SIDECAR_KEY) if isinstance(sidecar.get(SIDECAR_KEY), dict) else {}
     served = temperature_from_metadata(sidecar)
-    applied = str(entry.get("fitted_on", "")).startswith("out-of-fold") and served == temperature
+    applied = _served_out_of_fold(name, temperature)
     sets = oof["sets"]
     fitted = sets.get("oof") or {}
     folds = {f.get("folds") for f in oof.get("fold_models") or [] if isinstance(f, dict)} - {None}

@@ -38,6 +38,7 @@ import numpy as np
 
 from covid_xray import config
 from covid_xray.calibration import (
+    OOF_IMAGE_FILE,
     OOF_REPORT_FILE,
     SIDECAR_KEY,
     TEMPERATURE_BOUNDS,
@@ -55,7 +56,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPORT_FILE = OOF_REPORT_FILE
 APPLY_COMMAND = "python -m covid_xray.oof_calibration apply --model {name}"
-IMAGE_FILE = "calibration_oof.png"
+IMAGE_FILE = OOF_IMAGE_FILE
 OOF_COLUMNS = ("file", "true", "predicted", *(f"p_{c}" for c in CLASS_NAMES))
 # Sidecar config keys that do not change the recipe (where files go, which fold, verbosity).
 NON_RECIPE_KEYS = frozenset({"checkpoint_dir", "run_dir", "cv_folds", "cv_fold", "verbose", "data_dir"})

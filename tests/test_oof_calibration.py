@@ -104,8 +104,8 @@ def test_run_writes_the_report_against_the_committed_test_predictions(tmp_path):
 @pytest.fixture
 def shipped(tmp_path, monkeypatch):
     """A checkpoint folder (stand-in .keras file + sidecar with the validation entry) and a reports
-    folder holding the committed calibration_oof.json (not applied), calibration.json and a metrics.json
-    that names the stand-in's sha256; the app's checkpoint folder points there."""
+    folder holding the committed calibration_oof.json (not applied), calibration.json, both reliability
+    diagrams and a metrics.json that names the stand-in's sha256; the app's checkpoint folder points there."""
     import shutil
 
     from covid_xray import config
@@ -127,7 +127,8 @@ def shipped(tmp_path, monkeypatch):
     report = json.loads((committed / "calibration_oof.json").read_text())
     report["applied_to_shipped_checkpoint"] = False
     (reports / "davidnet" / "calibration_oof.json").write_text(json.dumps(report))
-    shutil.copy(committed / "calibration.json", reports / "davidnet")
+    for file in ("calibration.json", "reliability.png", "calibration_oof.png"):
+        shutil.copy(committed / file, reports / "davidnet")
     (reports / "davidnet" / "metrics.json").write_text(json.dumps({"checkpoint_sha256": sidecar["sha256"]}))
     monkeypatch.setenv(config.CHECKPOINT_DIR_ENV_VAR, str(checkpoints))
     argv = [
@@ -208,13 +209,17 @@ def test_apply_refuses_test_predictions_of_another_checkpoint(shipped, capsys):
 
 
 def test_markdown_shows_the_applied_temperature_and_the_confident_errors(shipped):
-    from covid_xray.calibration import calibration_markdown
+    from covid_xray.calibration import calibration_markdown, reliability_image_path
     from covid_xray.oof_calibration import main
 
+    folder = shipped["reports"] / "davidnet"
     text = calibration_markdown("davidnet", shipped["reports"])
     assert "out-of-fold temperature not applied" in text
     assert "python -m covid_xray.oof_calibration apply --model davidnet" in text
+    # The figure beside the text is the served temperature's: the validation fit until applied.
+    assert reliability_image_path("davidnet", shipped["reports"]) == folder / "reliability.png"
     assert main(shipped["argv"]) == 0
+    assert reliability_image_path("davidnet", shipped["reports"]) == folder / "calibration_oof.png"
     text = calibration_markdown("davidnet", shipped["reports"])
     assert (
         "calibrated confidence" in text and "T = 1.1457" in text and "not applied." not in text.split("\n")[0]
