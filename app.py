@@ -729,11 +729,16 @@ def build_demo(
                 "`true > predicted (confidence)` for the chosen model; click one to see both models' "
                 "probabilities and heatmaps."
             )
-            with gr.Row():
+            gallery_missing = gr.Markdown(
+                dataset_line(), visible=not data_ready(), elem_id="gallery-missing"
+            )
+            # Without the test images the filters, thumbnails and case view have nothing to show.
+            gallery_body = gr.Column(visible=data_ready(), elem_id="gallery-body")
+            with gallery_body, gr.Row():
                 g_model = gr.Dropdown(model_choices, value=next(iter(MODELS)), label="Model")
                 g_true = gr.Dropdown(class_choices, value=ANY, label="True class")
                 g_pred = gr.Dropdown(class_choices, value=ANY, label="Predicted class")
-            with gr.Row():
+            with gallery_body, gr.Row():
                 g_subset = gr.Radio(
                     [(v, k) for k, v in report.SUBSETS.items()], value="official", label="Test set"
                 )
@@ -743,9 +748,10 @@ def build_demo(
             initial = refresh_gallery(
                 next(iter(MODELS)), ANY, ANY, "official", "misclassified", reports_dir, data_dir
             )
-            g_status = gr.Markdown(initial[2], elem_id="gallery-status")
+            with gallery_body:
+                g_status = gr.Markdown(initial[2], elem_id="gallery-status")
             g_cases = gr.State(initial[1])
-            with gr.Row():
+            with gallery_body, gr.Row():
                 with gr.Column(scale=1, min_width=300):
                     g_gallery = gr.Gallery(
                         value=initial[0],
@@ -811,7 +817,8 @@ def build_demo(
         with gr.Tab("Quiz", id="quiz"):
             gr.Markdown(QUIZ_INTRO)
             quiz_missing = gr.Markdown(dataset_line(), visible=not data_ready(), elem_id="quiz-missing")
-            with gr.Row():
+            quiz_body = gr.Column(visible=data_ready(), elem_id="quiz-body")
+            with quiz_body, gr.Row():
                 q_mode = gr.Radio(
                     [(v, k) for k, v in quiz.MODES.items()],
                     value="all",
@@ -823,10 +830,11 @@ def build_demo(
                 q_next = gr.Button("Next", interactive=False, elem_id="quiz-next")
             # Per browser session, in server memory only (dropped with the session), never on disk.
             q_state = gr.State(None)
-            q_status = gr.Markdown(
-                "Click **New quiz** to start." if data_ready() else "", elem_id="quiz-status"
-            )
-            with gr.Row():
+            with quiz_body:
+                q_status = gr.Markdown(
+                    "Click **New quiz** to start." if data_ready() else "", elem_id="quiz-status"
+                )
+            with quiz_body, gr.Row():
                 with gr.Column(scale=1, min_width=300):
                     # An array, never the dataset path: the folder name is the answer.
                     q_image = gr.Image(
@@ -913,12 +921,24 @@ def build_demo(
             **{
                 f"model-{name}": (
                     [c for col in all_columns if col.name == name for c in col.state_outputs],
-                    lambda name=name: column_updates(runtime, name) * 3,
+                    # One fresh update per component (Gradio may alter an update it sends).
+                    lambda name=name: [u for _ in range(3) for u in column_updates(runtime, name)],
                 )
                 for name in MODELS
             },
             "data": (
-                [examples_missing, data_operator, example_gallery, quiz_missing, q_mode, q_new, q_status],
+                [
+                    examples_missing,
+                    data_operator,
+                    example_gallery,
+                    gallery_missing,
+                    gallery_body,
+                    quiz_missing,
+                    quiz_body,
+                    q_mode,
+                    q_new,
+                    q_status,
+                ],
                 lambda: _data_updates(data_ready(), dataset_line(), example_items()),
             ),
             **{
@@ -972,13 +992,16 @@ def build_demo(
 
 
 def _data_updates(ready: bool, line: str, items: list) -> list:
-    """Updates for [examples line, operator's detail, examples gallery, quiz line, quiz mode, New quiz,
-    quiz status]."""
+    """Updates for [examples line, operator's detail, examples gallery, gallery line, gallery body, quiz
+    line, quiz body, quiz mode, New quiz, quiz status]."""
     return [
         gr.update(value=line, visible=not items),
         gr.update(visible=not ready),
         gr.update(value=items, visible=bool(items)),
         gr.update(value=line, visible=not ready),
+        gr.update(visible=ready),
+        gr.update(value=line, visible=not ready),
+        gr.update(visible=ready),
         gr.update(interactive=ready),
         gr.update(interactive=ready),
         gr.update(value="Click **New quiz** to start." if ready else ""),

@@ -341,9 +341,9 @@ def gallery_status(
             f"Comparing the models needs both evaluations; {missing} has not been evaluated on this "
             "server yet."
         )
+    if not data_available(data_dir):  # a count of images nobody can see is noise
+        return missing_data_message(data_dir)
     text = f"{len(cases)} test image{'s' if len(cases) != 1 else ''} match."
-    if cases and not data_available(data_dir):
-        return f"{text} {missing_data_message(data_dir)}"
     if shown < len(cases):
         text += f" {len(cases) - shown} could not be read from the dataset."
     return text

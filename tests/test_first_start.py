@@ -10,6 +10,7 @@ heatmap, all without a reload; that the browser console stays clean; and that no
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -130,3 +131,93 @@ def test_the_page_comes_up_with_davidnet_then_follows_provisioning(first_start, 
     for folder in (home, config.PROJECT_ROOT, Path.home()):
         assert str(folder) not in text, folder
     assert not re.search(r"(^|\s)/(tmp|root|home|data|work)/", text)
+
+
+# ---------------------------------------------------------------------------
+# A first start that cannot bring what it lacks: every tab says so, in the same words.
+# ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def _failed_start_page(tmp_path_factory, tag: str, env: dict, routes=None, faults=None):
+    """`python app.py` against a loopback server that fails; yields (page, errors, app)."""
+    from playwright.sync_api import sync_playwright
+
+    folder = tmp_path_factory.mktemp(tag)
+    with LoopbackServer(routes, faults=faults) as standins:
+        env = {
+            config.HOME_ENV_VAR: folder / "home",
+            config.CHEXNET_WEIGHTS_ENV_VAR: "",
+            provision.OFFLINE_ENV_VAR: "0",
+            provision.DATASET_SOURCE_ENV_VAR: standins.url("/covid19-image-dataset.zip"),
+            provision.CHEXNET_SOURCE_ENV_VAR: standins.url("/chexnet.h5"),
+            **env,
+        }
+        with AppServer.start(config.CHECKPOINT_DIR, folder, env=env, tag=tag) as app:
+            app.wait_until_up(600, poll_s=0.5)
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                try:
+                    page = browser.new_page(viewport={"width": 1366, "height": 900})
+                    page.set_default_timeout(TIMEOUT_MS)
+                    errors = ConsoleErrors(page)
+                    page.goto(app.url)
+                    yield page, errors, app
+                finally:
+                    browser.close()
+
+
+def _wait_until_settled(page, app) -> str:
+    """Wait until the status line no longer says anything is loading or being prepared."""
+    from playwright.sync_api import expect
+
+    status = page.locator("#status-line")
+    expect(status).to_contain_text("DavidNet ready", timeout=TIMEOUT_MS)
+    expect(page.locator("#diagnose-chexnet-missing")).to_contain_text("failed", timeout=TIMEOUT_MS)
+    return page.locator("#diagnose-chexnet-missing").inner_text()
+
+
+def _same_chexnet_message_on_every_tab(page, message: str, tabs) -> None:
+    from playwright.sync_api import expect
+
+    for tab, prefix in tabs:
+        page.get_by_role("tab", name=tab).click()
+        column = page.locator(f"#{prefix}-chexnet-missing")
+        expect(column).to_be_visible()
+        # The same words as on Diagnose: never a stale "being prepared".
+        expect(column).to_have_text(message)
+
+
+def test_without_internet_the_tabs_say_the_images_are_missing_and_show_no_empty_boxes(tmp_path_factory):
+    from playwright.sync_api import expect
+
+    with _failed_start_page(
+        tmp_path_factory, "no_internet", {config.DATA_ENV_VAR: ""}, routes={}
+    ) as (page, errors, app):
+        message = _wait_until_settled(page, app)
+        assert "being prepared" not in message
+        expect(page.locator("#examples-missing")).to_contain_text("test images are not available")
+        page.get_by_role("tab", name="Error gallery").click()
+        expect(page.locator("#gallery-missing")).to_contain_text("test images are not available")
+        for hidden in ("#gallery-body", "#error-gallery", "#case-image"):
+            expect(page.locator(hidden)).to_be_hidden()
+        shot(page, "first_start_failed_gallery.png")
+        page.get_by_role("tab", name="Quiz").click()
+        expect(page.locator("#quiz-missing")).to_contain_text("test images are not available")
+        for hidden in ("#quiz-body", "#quiz-image", "#quiz-new"):
+            expect(page.locator(hidden)).to_be_hidden()
+        shot(page, "first_start_failed_quiz.png")
+        text = page.locator("body").inner_text()
+        assert not re.search(r"(^|\s)/(tmp|root|home|data|work)/", text)
+        errors.check()
+
+
+def test_a_failed_chexnet_download_reads_the_same_on_every_tab(tmp_path_factory, data_dir):
+    with _failed_start_page(
+        tmp_path_factory, "weights_fail", {config.DATA_ENV_VAR: data_dir}, faults={"/chexnet.h5": 500}
+    ) as (page, errors, app):
+        message = _wait_until_settled(page, app)
+        assert "weights" in message and "being prepared" not in message
+        _same_chexnet_message_on_every_tab(
+            page, message, [("Error gallery", "gallery"), ("Quiz", "quiz"), ("Diagnose", "diagnose")]
+        )
+        shot(page, "first_start_weights_failed.png")
+        errors.check()
