@@ -128,7 +128,7 @@ def prepare_inputs(work: Path, data_dir: Path) -> list[Input]:
     """Valid corpus files, bad corpus files (with the decoder's message), then real X-rays."""
     from covid_xray.imaging import ImageDecodeError
     from covid_xray.inference import decode_source
-    from tests.corpus import build_corpus
+    from covid_xray.synthetic import build_corpus
 
     inputs = []
     for case in build_corpus(work / "corpus"):

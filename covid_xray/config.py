@@ -54,7 +54,7 @@ CHECKPOINT_DIR_ENV_VAR = "COVID_XRAY_CHECKPOINT_DIR"
 REPORTS_DIR_ENV_VAR = "COVID_XRAY_REPORTS_DIR"
 EXAMPLES_FILE = PROJECT_ROOT / "examples" / "examples.csv"
 DATA_ENV_VAR = "COVID_XRAY_DATA"
-# Where `python -m covid_xray.data download` puts the dataset.
+# Where `python -m covid_xray.studies.data download` puts the dataset.
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "Covid19-dataset"
 KAGGLE_DATASET = "pranavraikokte/covid19-image-dataset"
 
@@ -220,8 +220,44 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-# Commands quoted in messages and reports (one home each).
-EVALUATE_COMMAND = "python -m covid_xray.evaluate --model {name}"
+# ---------------------------------------------------------------------------
+# Report files: the studies (`covid_xray.studies`) write them, `covid_xray.report` reads them.
+# Per model in `ModelSpec.report_dir()`, except AUDIT_FILE and OOD_REPORT_FILE (reports/ itself).
+# ---------------------------------------------------------------------------
+AUDIT_FILE = "audit.json"
+OOD_REPORT_FILE = "ood.json"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+HISTORY_FILE = "history.csv"
+CONFUSION_FILE = "confusion_{subset}.png"  # subset: a TEST_SUBSET_TITLES key, or "all"
+CALIBRATION_FILE = "calibration.json"
+RELIABILITY_FILE = "reliability.png"
+OOF_CALIBRATION_FILE = "calibration_oof.json"
+OOF_RELIABILITY_FILE = "calibration_oof.png"
+FAITHFULNESS_FILE = "faithfulness.json"
+FAITHFULNESS_PLOT_FILE = "faithfulness.png"
+SHORTCUTS_FILE = "shortcuts.json"
+CV_SWEEP_FILE = "cv_sweep.json"
+CV_WEIGHT_AVERAGING_FILE = "cv_weight_averaging.json"
+
+# ---------------------------------------------------------------------------
+# Commands quoted in messages and reports (one home each; `{name}` is a model name).
+# ---------------------------------------------------------------------------
+STUDIES = "python -m covid_xray.studies"
+EVALUATE_COMMAND = f"{STUDIES}.evaluate --model {{name}}"
+CALIBRATION_FIT_COMMAND = f"{STUDIES}.calibrate fit --model {{name}}"
+OOF_CALIBRATION_COMMAND = f"{STUDIES}.oof_calibrate --model {{name}} --runs <the fold runs>"
+OOF_APPLY_COMMAND = f"{STUDIES}.oof_calibrate apply --model {{name}}"
+FAITHFULNESS_COMMAND = f"{STUDIES}.faithfulness --model {{name}}"
+SHORTCUTS_COMMAND = f"{STUDIES}.shortcuts --model {{name}}"
+OOD_COMMAND = f"{STUDIES}.ood"
+NEIGHBOURS_COMMAND = f"{STUDIES}.neighbours"
+WEIGHT_AVERAGING_COMMAND = f"{STUDIES}.weight_averaging"
+DATA_COMMAND = f"{STUDIES}.data"
+DOWNLOAD_COMMAND = f"{DATA_COMMAND} download"
+WEIGHTS_COMMAND = f"{STUDIES}.weights"
+WEIGHTS_FETCH_COMMAND = f"pip install kagglehub && {WEIGHTS_COMMAND} fetch-kaggle"
+TRAIN_INSTALL_COMMAND = "python train.py --model {name} --install"
 
 
 def get_model_spec(name: str) -> ModelSpec:

@@ -1,5 +1,6 @@
-"""Dataset discovery, manifest hash, leakage-aware splits, cached arrays, tf.data pipelines,
-the leakage audit and the download CLI.
+"""Dataset discovery, manifest hash, duplicates, leakage-aware splits, cached arrays and tf.data
+pipelines (the leakage audit built on the duplicates: `covid_xray.audit`; the command line:
+`covid_xray.studies.data`).
 
 Layout on disk (the Kaggle "Covid-19 Image Dataset"):
 
@@ -7,30 +8,19 @@ Layout on disk (the Kaggle "Covid-19 Image Dataset"):
 
 The root comes from `config.resolve_data_dir()` (argument, else $COVID_XRAY_DATA, else the
 download location); a folder one level above the root (what `kagglehub` returns) also works.
-
-Command line:
-
-    python -m covid_xray.data download [--dest D] [--link]
-    python -m covid_xray.data info [--data-dir D]
-    python -m covid_xray.data audit [--data-dir D] [--out F] [--threshold N]
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
-import json
 import logging
 import os
-import shlex
-import shutil
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +41,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 # to measure the dataset's documented defects (27 pairs, 11 across train/test).
 NEAR_DUPLICATE_THRESHOLD = 6
 PHASH_SIZE = 8
-AUDIT_FILENAME = "audit.json"
-DOWNLOAD_COMMAND = "python -m covid_xray.data download"
 DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
@@ -66,7 +54,7 @@ class DownloadError(RuntimeError):
 
 def _not_found(message: str) -> DatasetNotFoundError:
     return DatasetNotFoundError(
-        f"{message}\nGet the dataset with `{DOWNLOAD_COMMAND}` (needs `pip install kagglehub` "
+        f"{message}\nGet the dataset with `{config.DOWNLOAD_COMMAND}` (needs `pip install kagglehub` "
         f"and Kaggle access), or point {config.DATA_ENV_VAR} at a folder laid out as "
         f"<root>/{{train,test}}/{{{','.join(CLASS_NAMES)}}}/<images>, e.g.\n"
         f"    export {config.DATA_ENV_VAR}=/path/to/Covid19-dataset"
@@ -555,7 +543,7 @@ def make_dataset(
     augmenter = build_augmenter(seed=seed) if augment is True else (augment or None)
     one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[labels.astype(np.int64)]
     if keras.backend.backend() != "tensorflow":
-        return _array_batches_class()(images, one_hot, mode=mode, batch_size=batch_size, shuffle=shuffle,
+        return array_batches_class()(images, one_hot, mode=mode, batch_size=batch_size, shuffle=shuffle,
                                       augmenter=augmenter, seed=seed)
     import tensorflow as tf
 
@@ -574,7 +562,9 @@ def make_dataset(
 
 
 @functools.cache
-def _array_batches_class():
+def array_batches_class():
+    """The `ArrayBatches` PyDataset class, built on first use (it subclasses a Keras class, and
+    `import covid_xray.data` stays free of Keras)."""
     import keras
 
     class ArrayBatches(keras.utils.PyDataset):
@@ -604,244 +594,4 @@ def _array_batches_class():
     return ArrayBatches
 
 
-def __getattr__(name: str):
-    # ArrayBatches subclasses a Keras class: built on first use so `import covid_xray.data` stays light.
-    if name == "ArrayBatches":
-        return _array_batches_class()
-    raise AttributeError(name)
 
-
-# ---------------------------------------------------------------------------
-# Leakage audit.
-# ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AuditReport:
-    """Exact and near duplicates within train, within test, and across train/test.
-
-    `near_pairs` holds every pair within the perceptual-hash threshold, byte-identical
-    pairs included (they are at distance 0); `exact_pairs` only the byte-identical ones.
-    """
-
-    num_images: dict[str, int]
-    near_threshold: int
-    manifest_hash: str
-    exact_pairs: tuple[DuplicatePair, ...] = ()
-    near_pairs: tuple[DuplicatePair, ...] = ()
-    method: str = field(
-        default=f"exact: sha256 of file bytes; near: imagehash.phash (hash_size={PHASH_SIZE}) of the "
-        "decoded grayscale image, Hamming distance <= near_threshold"
-    )
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        """Pair counts per kind ("exact", "near") and scope ("train", "test", "train/test", "total")."""
-        result = {}
-        for kind, pairs in (("exact", self.exact_pairs), ("near", self.near_pairs)):
-            scopes = Counter(p.scope for p in pairs)
-            result[kind] = {s: scopes.get(s, 0) for s in ("train", "test", "train/test")}
-            result[kind]["total"] = len(pairs)
-        return result
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "num_images": dict(self.num_images),
-            "near_threshold": self.near_threshold,
-            "method": self.method,
-            "manifest_hash": self.manifest_hash,
-            "counts": self.counts(),
-            "leaked_test_files": sorted(leaked_test_files(self)),
-            "exact_pairs": [p.to_dict() for p in self.exact_pairs],
-            "near_pairs": [p.to_dict() for p in self.near_pairs],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AuditReport:
-        def pairs(key: str) -> tuple[DuplicatePair, ...]:
-            return tuple(
-                DuplicatePair(p["a"], p["b"], int(p["distance"]), bool(p["exact"])) for p in data[key]
-            )
-
-        return cls(
-            num_images={k: int(v) for k, v in data["num_images"].items()},
-            near_threshold=int(data["near_threshold"]),
-            manifest_hash=data["manifest_hash"],
-            exact_pairs=pairs("exact_pairs"),
-            near_pairs=pairs("near_pairs"),
-            method=data.get("method", cls.method),
-        )
-
-    def to_json(self, path: str | os.PathLike | None = None) -> Path:
-        """Write the report as indented JSON (parent folders created); return the path.
-
-        The default is `default_audit_path()`.
-        """
-        path = Path(path) if path else default_audit_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike | None = None) -> AuditReport:
-        """Read a report written by `to_json` (default `default_audit_path()`)."""
-        path = Path(path) if path else default_audit_path()
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-
-    def summary(self) -> str:
-        """A few lines for people."""
-        c = self.counts()
-        images = ", ".join(f"{n} {s}" for s, n in self.num_images.items())
-        lines = [
-            f"Leakage audit of {sum(self.num_images.values())} images ({images}), "
-            f"manifest {self.manifest_hash[:12]}",
-            f"  exact duplicates (same bytes):   {c['exact']['total']:3d} pairs: "
-            f"{c['exact']['train/test']} across train/test, {c['exact']['train']} within train, "
-            f"{c['exact']['test']} within test",
-            f"  near duplicates (phash <= {self.near_threshold}):  {c['near']['total']:3d} pairs: "
-            f"{c['near']['train/test']} across train/test, {c['near']['train']} within train, "
-            f"{c['near']['test']} within test (exact pairs included)",
-        ]
-        leaked = sorted(leaked_test_files(self))
-        lines.append(f"  test images with a copy in train: {len(leaked)}")
-        lines.extend(f"    {name}" for name in leaked)
-        return "\n".join(lines)
-
-
-def default_audit_path() -> Path:
-    """`<reports dir>/audit.json`; the reports dir honours $COVID_XRAY_REPORTS_DIR."""
-    return config.resolve_reports_dir() / AUDIT_FILENAME
-
-
-def audit(samples: Sequence[Sample], near_threshold: int = NEAR_DUPLICATE_THRESHOLD) -> AuditReport:
-    """Find exact (same bytes) and near (perceptual hash) duplicates among the samples."""
-    samples = sorted(samples, key=lambda s: s.relpath)
-    found = []
-    for i, j, distance, exact in _find_pairs(samples, near_threshold):
-        a, b = sorted((samples[i].relpath, samples[j].relpath))
-        found.append(DuplicatePair(a, b, distance, exact))
-    found.sort(key=lambda p: (p.a, p.b))
-    return AuditReport(
-        num_images={s: n for s in SPLITS if (n := sum(x.split == s for x in samples))},
-        near_threshold=near_threshold,
-        manifest_hash=dataset_manifest_hash(samples),
-        exact_pairs=tuple(p for p in found if p.exact),
-        near_pairs=tuple(found),
-    )
-
-
-def leaked_test_files(report: AuditReport) -> set[str]:
-    """Test relpaths with an exact or near duplicate in train (excluded from leakage-free scores)."""
-    leaked = set()
-    for pair in (*report.exact_pairs, *report.near_pairs):
-        if pair.scope == "train/test":
-            leaked.add(pair.a if pair.a.startswith("test/") else pair.b)
-    return leaked
-
-
-# ---------------------------------------------------------------------------
-# Download.
-# ---------------------------------------------------------------------------
-def download_dataset(dest: str | os.PathLike | None = None, *, link: bool = False) -> Path:
-    """Download the Kaggle dataset with kagglehub and copy (or symlink) it to `dest`.
-
-    Args:
-        dest: dataset root to create; default `config.DEFAULT_DATA_DIR`.
-        link: symlink to kagglehub's cache instead of copying.
-
-    Returns:
-        The dataset root (holding train/ and test/).
-
-    Raises:
-        DownloadError: kagglehub missing, download failed, or `dest` exists but is no dataset.
-    """
-    dest = Path(dest).expanduser() if dest else config.DEFAULT_DATA_DIR
-    if dest.exists():
-        try:
-            root = find_dataset_root(dest)
-        except DatasetNotFoundError:
-            raise DownloadError(
-                f"{dest} already exists and is not the dataset; remove it or pick another --dest."
-            ) from None
-        logger.info("Dataset already present at %s", root)
-        return root
-    try:
-        import kagglehub
-    except ImportError:
-        raise DownloadError("The download needs kagglehub: `pip install kagglehub`.") from None
-    try:
-        downloaded = Path(kagglehub.dataset_download(config.KAGGLE_DATASET))
-    except Exception as exc:  # noqa: BLE001 - network, auth and API errors all end up here
-        raise DownloadError(f"kagglehub could not download {config.KAGGLE_DATASET}: {exc}") from exc
-    try:
-        source = find_dataset_root(downloaded)
-    except DatasetNotFoundError as exc:
-        raise DownloadError(f"Unexpected layout in the download at {downloaded}: {exc}") from exc
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if link:
-        dest.symlink_to(source.resolve(), target_is_directory=True)
-    else:
-        shutil.copytree(source, dest)
-    return dest
-
-
-# ---------------------------------------------------------------------------
-# Command line.
-# ---------------------------------------------------------------------------
-def _cmd_download(args: argparse.Namespace) -> int:
-    root = download_dataset(args.dest, link=args.link)
-    samples = list_samples(root)
-    print(f"Dataset ready at {root} ({len(samples)} images). Use it with:")
-    print(f"export {config.DATA_ENV_VAR}={shlex.quote(str(Path(root).resolve()))}")
-    return 0
-
-
-def _cmd_info(args: argparse.Namespace) -> int:
-    samples = list_samples(args.data_dir)
-    counts = Counter((s.split, s.label) for s in samples)
-    width = max(len(c) for c in CLASS_NAMES)
-    print(f"Dataset: {find_dataset_root(config.resolve_data_dir(args.data_dir))}")
-    print(f"{'split':<6} " + " ".join(f"{c:>{width}}" for c in CLASS_NAMES) + f" {'total':>6}")
-    for split in SPLITS:
-        row = [counts[(split, c)] for c in CLASS_NAMES]
-        print(f"{split:<6} " + " ".join(f"{n:>{width}}" for n in row) + f" {sum(row):>6}")
-    print(f"manifest sha256: {dataset_manifest_hash(samples)}")
-    return 0
-
-
-def _cmd_audit(args: argparse.Namespace) -> int:
-    report = audit(list_samples(args.data_dir), near_threshold=args.threshold)
-    path = report.to_json(args.out)
-    print(report.summary())
-    print(f"Written to {path}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m covid_xray.data`."""
-    parser = argparse.ArgumentParser(prog="python -m covid_xray.data", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("download", help="download the Kaggle dataset with kagglehub")
-    p.add_argument(
-        "--dest", default=None, help=f"dataset folder to create (default {config.DEFAULT_DATA_DIR})"
-    )
-    p.add_argument("--link", action="store_true", help="symlink to the kagglehub cache instead of copying")
-    p.set_defaults(func=_cmd_download)
-    p = sub.add_parser("info", help="image counts per split and class")
-    p.add_argument("--data-dir", default=None, help=f"dataset root (default ${config.DATA_ENV_VAR})")
-    p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("audit", help="exact and near duplicates within and across splits")
-    p.add_argument("--data-dir", default=None, help=f"dataset root (default ${config.DATA_ENV_VAR})")
-    p.add_argument("--out", default=None, help="JSON report path (default <reports dir>/audit.json)")
-    p.add_argument(
-        "--threshold", type=int, default=NEAR_DUPLICATE_THRESHOLD, help="max phash Hamming distance"
-    )
-    p.set_defaults(func=_cmd_audit)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (DatasetNotFoundError, DownloadError, imaging.ImageDecodeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -167,18 +167,6 @@ def read_predictions(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def _audit(samples):
-    """The committed leakage audit when it describes this exact dataset, else a fresh one."""
-    from covid_xray import data
-
-    path = config.resolve_reports_dir() / "audit.json"
-    if path.exists():
-        report = data.AuditReport.from_json(path)
-        if report.manifest_hash == data.dataset_manifest_hash(samples):
-            return report
-    return data.audit(samples)
-
-
 def evaluate_model(
     name: str,
     data_dir: str | None = None,
@@ -187,6 +175,7 @@ def evaluate_model(
 ) -> dict:
     """Evaluate one checkpoint on the test split and write all outputs; return metrics."""
     from covid_xray import data
+    from covid_xray.audit import audit_for, leaked_test_files
     from covid_xray.checkpoints import load_checkpoint, sha256_file, write_json
 
     spec = config.get_model_spec(name)
@@ -198,7 +187,7 @@ def evaluate_model(
 
     all_samples = data.list_samples(data_dir)
     test = [s for s in all_samples if s.split == "test"]
-    leaked = data.leaked_test_files(_audit(all_samples))
+    leaked = leaked_test_files(audit_for(all_samples))
 
     t0 = time.perf_counter()
     probs = predict_samples(model, test, mode)

@@ -391,27 +391,6 @@ class ModelNotTrainedError(RuntimeError):
     """The model has no checkpoint: nothing to score (the message names the command that fixes it)."""
 
 
-def _leaked_files(name: str, reports_dir: Path, all_samples) -> set[str]:
-    """Leaked test files: from the model's predictions.csv when it exists, else the leakage audit."""
-    from covid_xray import data
-    from covid_xray.evaluate import read_predictions
-
-    predictions = config.get_model_spec(name).report_dir(reports_dir) / "predictions.csv"
-    test_files = {s.relpath for s in all_samples if s.split == "test"}
-    if predictions.exists():
-        rows = read_predictions(predictions)
-        if {r["file"] for r in rows} == test_files:
-            return {r["file"] for r in rows if r["leaked"]}
-    manifest = data.dataset_manifest_hash(all_samples)
-    for path in (reports_dir / data.AUDIT_FILENAME, config.REPORTS_DIR / data.AUDIT_FILENAME):
-        if path.exists():
-            report = data.AuditReport.from_json(path)
-            if report.manifest_hash == manifest:
-                return data.leaked_test_files(report)
-    log.info("No leakage audit for this dataset on disk; running it.")
-    return data.leaked_test_files(data.audit(all_samples))
-
-
 def _select(samples: list, limit: int | None) -> list:
     """All samples, or `limit` of them evenly spread over the (class-sorted) list."""
     if limit is None or limit >= len(samples):
@@ -445,6 +424,7 @@ def evaluate_faithfulness(
         data.DatasetNotFoundError: no dataset.
     """
     from covid_xray import data, inference
+    from covid_xray.audit import audit_for, leaked_test_files
     from covid_xray.checkpoints import sha256_file
     from covid_xray.explain import METHODS
     from covid_xray.preprocessing import normalize
@@ -466,7 +446,7 @@ def evaluate_faithfulness(
 
     all_samples = data.list_samples(data_dir)
     test = _select([s for s in all_samples if s.split == "test"], limit)
-    leaked = _leaked_files(name, reports, all_samples)
+    leaked = leaked_test_files(audit_for(all_samples, reports))
     loaded = inference.load_model(name, checkpoint_dir)
     explainer, mode = loaded.explainer, loaded.preprocessing
     timings: dict[str, float] = {}

@@ -112,35 +112,21 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 def audit_twins(audit_path: str | os.PathLike | None = None) -> dict[str, frozenset[str]]:
     """{test relpath: the train relpaths that are exact or near copies of it}, from the audit.
 
-    `audit_path` when given ({} when it does not exist); else `reports/audit.json`, else the
-    cache's copy, which is computed once from the dataset when there is none (a Space's clone has
-    no audit file: the leaked test images would otherwise go unmarked). {} when the audit cannot
-    be read or computed (logged).
+    `audit_path` when given ({} when it does not exist); else the audit of the dataset
+    (`covid_xray.audit.audit_for`: the committed reports/audit.json, else one computed and cached).
+    {} when the audit cannot be read or computed (logged): leaked images then go unmarked.
     """
-    path = Path(audit_path) if audit_path else data.default_audit_path()
+    from covid_xray.audit import AuditReport, audit_for, twins
+
     try:
-        if path.exists():
-            report = data.AuditReport.from_json(path)
-        elif audit_path:
-            logger.warning("No leakage audit at %s: leaked test images will not be marked.", path)
+        if audit_path and not Path(audit_path).exists():
+            logger.warning("No leakage audit at %s: leaked test images will not be marked.", audit_path)
             return {}
-        else:
-            path = config.resolve_home() / data.AUDIT_FILENAME
-            if path.exists():
-                report = data.AuditReport.from_json(path)
-            else:
-                report = data.audit(data.list_samples())
-                report.to_json(path)
+        report = AuditReport.from_json(audit_path) if audit_path else audit_for(data.list_samples())
     except (data.DatasetNotFoundError, KeyError, TypeError, ValueError, OSError) as exc:
         logger.warning("No usable leakage audit (%s): leaked test images will not be marked.", exc)
         return {}
-    twins: dict[str, set[str]] = {}
-    for pair in (*report.exact_pairs, *report.near_pairs):
-        if pair.scope != "train/test":
-            continue
-        test, train = (pair.a, pair.b) if pair.a.startswith("test/") else (pair.b, pair.a)
-        twins.setdefault(test, set()).add(train)
-    return {k: frozenset(v) for k, v in twins.items()}
+    return twins(report)
 
 
 def model_fingerprint(model) -> str:

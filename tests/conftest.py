@@ -21,9 +21,11 @@ atexit.register(shutil.rmtree, _TEST_HOME, ignore_errors=True)
 os.environ["COVID_XRAY_HOME"] = _TEST_HOME
 os.environ["COVID_XRAY_OFFLINE"] = "1"
 
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from covid_xray.config import resolve_data_dir  # noqa: E402
+from covid_xray.config import CLASS_NAMES, resolve_data_dir  # noqa: E402
 from tests.app_fixtures import make_checkpoint_dir, make_reports_dir, start_app_server  # noqa: E402
 
 
@@ -48,7 +50,7 @@ def data_dir():
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         pytest.fail(
             f"Dataset not found at {root}. Set COVID_XRAY_DATA to the Covid19-dataset folder "
-            "or run `python -m covid_xray.data download`."
+            "or run `python -m covid_xray.studies.data download`."
         )
     return root
 
@@ -117,3 +119,80 @@ def runtime_both(predictor_both):
     from covid_xray.runtime import AppRuntime
 
     return AppRuntime.serving(predictor_both)
+
+
+# ---------------------------------------------------------------------------
+# A small synthetic dataset with known duplicates (data, audit and their command line).
+# ---------------------------------------------------------------------------
+
+
+def random_xray(rng: np.random.Generator, size: int = 96) -> np.ndarray:
+    """A smooth random grey image: distinct low frequencies, so distinct perceptual hashes."""
+    low = rng.integers(0, 256, (6, 6)).astype(np.uint8)
+    grey = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def write_image(path: Path, rgb: np.ndarray, **params) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    flags = [cv2.IMWRITE_JPEG_QUALITY, params["quality"]] if "quality" in params else []
+    assert cv2.imwrite(str(path), bgr, flags)
+    return path
+
+
+PER_CLASS = {"train": 6, "test": 3}
+
+
+SHORT = {"Covid": "c", "Normal": "n", "Viral Pneumonia": "v"}
+
+
+def make_synthetic_dataset(root: Path, seed: int = 0) -> Path:
+    """Build <root>/{train,test}/<class>/ with 6 + 3 distinct images per class, plus:
+
+    - train/Covid/c0_copy.png: byte copy of train/Covid/c0.png (exact, within train)
+    - train/Normal/n0_jpeg.jpg: JPEG re-encoding of train/Normal/n0.png (near, within train)
+    - test/Covid/leak.png: byte copy of train/Covid/c1.png (exact, across train/test)
+    - test/Normal/near.jpg: JPEG of train/Viral Pneumonia/v1.png (near, across, other label)
+    - a text file and a hidden file, which discovery must ignore.
+    """
+    rng = np.random.default_rng(seed)
+    for split, count in PER_CLASS.items():
+        for label in CLASS_NAMES:
+            for k in range(count):
+                write_image(root / split / label / f"{SHORT[label]}{k}.png", random_xray(rng))
+    train = root / "train"
+    shutil.copyfile(train / "Covid" / "c0.png", train / "Covid" / "c0_copy.png")
+    n0 = cv2.cvtColor(cv2.imread(str(train / "Normal" / "n0.png")), cv2.COLOR_BGR2RGB)
+    write_image(train / "Normal" / "n0_jpeg.jpg", n0, quality=90)
+    shutil.copyfile(train / "Covid" / "c1.png", root / "test" / "Covid" / "leak.png")
+    v1 = cv2.cvtColor(cv2.imread(str(train / "Viral Pneumonia" / "v1.png")), cv2.COLOR_BGR2RGB)
+    write_image(root / "test" / "Normal" / "near.jpg", v1, quality=90)
+    (train / "Covid" / "notes.txt").write_text("not an image")
+    (train / "Covid" / ".hidden.png").write_bytes(b"")
+    return root
+
+
+@pytest.fixture()
+def synth(tmp_path) -> Path:
+    return make_synthetic_dataset(tmp_path / "Covid19-dataset")
+
+
+@pytest.fixture(scope="module")
+def synth_module(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synth") / "Covid19-dataset")
+
+
+@pytest.fixture(scope="module")
+def real_samples(data_dir):
+    from covid_xray import data
+
+    return data.list_samples(data_dir)
+
+
+@pytest.fixture(scope="module")
+def real_audit(real_samples):
+    from covid_xray import audit
+
+    # Decodes and hashes the 317 images once; later tests reuse the in-process cache.
+    return audit.audit(real_samples)

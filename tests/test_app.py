@@ -153,7 +153,7 @@ def test_build_demo_without_dataset(app_module, runtime_davidnet, predictor_davi
     texts = [c.get("props", {}).get("value") for c in demo.config["components"]]
     texts = [t for t in texts if isinstance(t, str)]
     assert any("test images are not available on this server" in t for t in texts)
-    assert any("python -m covid_xray.data download" in t and config.DATA_ENV_VAR in t for t in texts)
+    assert any(config.DOWNLOAD_COMMAND in t and config.DATA_ENV_VAR in t for t in texts)
     assert not [t for t in texts if str(tmp_path) in t or str(config.PROJECT_ROOT) in t]
 
 

@@ -1,5 +1,5 @@
 """Tests of covid_xray.data: discovery, manifest hash, duplicate-aware splits, cached arrays,
-tf.data pipelines, augmentation, the leakage audit and the CLI.
+tf.data pipelines and augmentation.
 
 Unit tests run on a tiny synthetic dataset of generated images (tmp_path); integration tests
 run on the real dataset (conftest's `data_dir`) and check the defects documented in its README.
@@ -7,21 +7,16 @@ run on the real dataset (conftest's `data_dir`) and check the defects documented
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
-import types
 from collections import Counter
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-from covid_xray import config, data, preprocessing
+from covid_xray import audit, config, data, preprocessing
 from covid_xray.config import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from tests.conftest import random_xray, write_image
 
 # The real dataset's file counts (data README) and content fingerprint (this copy's bytes).
 REAL_COUNTS = {
@@ -29,73 +24,11 @@ REAL_COUNTS = {
     "test": {"Covid": 26, "Normal": 20, "Viral Pneumonia": 20},
 }
 REAL_MANIFEST_HASH = "42af9cbfab53a5b0f892216f28c355f86250ca7de9aa0852085bf077fde4cd0b"
-# Test images that are byte-identical copies of train images (data README).
-REAL_EXACT_LEAKS = {
-    "test/Covid/COVID-00003b.jpg",
-    "test/Covid/COVID-00012.jpg",
-    "test/Covid/COVID-00022.jpg",
-    "test/Covid/COVID-00033.jpg",
-    "test/Covid/COVID-00037.jpg",
-    "test/Covid/radiopaedia-2019-novel-coronavirus-infected-pneumonia.jpg",
-}
 
 
 # ---------------------------------------------------------------------------
 # Synthetic dataset.
 # ---------------------------------------------------------------------------
-def _random_xray(rng: np.random.Generator, size: int = 96) -> np.ndarray:
-    """A smooth random grey image: distinct low frequencies, so distinct perceptual hashes."""
-    low = rng.integers(0, 256, (6, 6)).astype(np.uint8)
-    grey = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
-    return np.repeat(grey[:, :, None], 3, axis=2)
-
-
-def _write(path: Path, rgb: np.ndarray, **params) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    flags = [cv2.IMWRITE_JPEG_QUALITY, params["quality"]] if "quality" in params else []
-    assert cv2.imwrite(str(path), bgr, flags)
-    return path
-
-
-PER_CLASS = {"train": 6, "test": 3}
-SHORT = {"Covid": "c", "Normal": "n", "Viral Pneumonia": "v"}
-
-
-def make_synthetic_dataset(root: Path, seed: int = 0) -> Path:
-    """Build <root>/{train,test}/<class>/ with 6 + 3 distinct images per class, plus:
-
-    - train/Covid/c0_copy.png: byte copy of train/Covid/c0.png (exact, within train)
-    - train/Normal/n0_jpeg.jpg: JPEG re-encoding of train/Normal/n0.png (near, within train)
-    - test/Covid/leak.png: byte copy of train/Covid/c1.png (exact, across train/test)
-    - test/Normal/near.jpg: JPEG of train/Viral Pneumonia/v1.png (near, across, other label)
-    - a text file and a hidden file, which discovery must ignore.
-    """
-    rng = np.random.default_rng(seed)
-    for split, count in PER_CLASS.items():
-        for label in CLASS_NAMES:
-            for k in range(count):
-                _write(root / split / label / f"{SHORT[label]}{k}.png", _random_xray(rng))
-    train = root / "train"
-    shutil.copyfile(train / "Covid" / "c0.png", train / "Covid" / "c0_copy.png")
-    n0 = cv2.cvtColor(cv2.imread(str(train / "Normal" / "n0.png")), cv2.COLOR_BGR2RGB)
-    _write(train / "Normal" / "n0_jpeg.jpg", n0, quality=90)
-    shutil.copyfile(train / "Covid" / "c1.png", root / "test" / "Covid" / "leak.png")
-    v1 = cv2.cvtColor(cv2.imread(str(train / "Viral Pneumonia" / "v1.png")), cv2.COLOR_BGR2RGB)
-    _write(root / "test" / "Normal" / "near.jpg", v1, quality=90)
-    (train / "Covid" / "notes.txt").write_text("not an image")
-    (train / "Covid" / ".hidden.png").write_bytes(b"")
-    return root
-
-
-@pytest.fixture()
-def synth(tmp_path) -> Path:
-    return make_synthetic_dataset(tmp_path / "Covid19-dataset")
-
-
-@pytest.fixture(scope="module")
-def synth_module(tmp_path_factory) -> Path:
-    return make_synthetic_dataset(tmp_path_factory.mktemp("synth") / "Covid19-dataset")
 
 
 # ---------------------------------------------------------------------------
@@ -142,7 +75,7 @@ def test_missing_dataset_error_tells_how_to_get_it(tmp_path):
     with pytest.raises(data.DatasetNotFoundError) as info:
         data.list_samples(tmp_path / "nowhere")
     message = str(info.value)
-    assert "python -m covid_xray.data download" in message
+    assert config.DOWNLOAD_COMMAND in message
     assert config.DATA_ENV_VAR in message
     assert isinstance(info.value, FileNotFoundError)
     # An existing folder without the layout is just as unusable.
@@ -247,7 +180,7 @@ def test_array_batches_match_the_tf_pipeline_contract():
     images[:, 0, 0, 0] = np.arange(10)  # an id in one pixel
     labels = np.arange(10) % NUM_CLASSES
     one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
-    plain = data.ArrayBatches(
+    plain = data.array_batches_class()(
         images, one_hot, mode="unit", batch_size=4, shuffle=True, augmenter=None, seed=1
     )
     assert len(plain) == 3
@@ -265,12 +198,12 @@ def test_array_batches_match_the_tf_pipeline_contract():
 
     first, second = epoch_ids(), epoch_ids()
     assert sorted(first) == sorted(second) == list(range(10)) and first != second
-    ordered = data.ArrayBatches(
+    ordered = data.array_batches_class()(
         images, one_hot, mode="unit", batch_size=4, shuffle=False, augmenter=None, seed=1
     )
     np.testing.assert_allclose(ordered[0][0], images[:4] / 255.0, atol=1e-6)
     augmenter = data.build_augmenter(zoom=0.3, rotation_degrees=30, seed=0)
-    augmented = data.ArrayBatches(
+    augmented = data.array_batches_class()(
         images, one_hot, mode="unit", batch_size=10, shuffle=False, augmenter=augmenter, seed=1
     )
     x, _ = augmented[0]
@@ -330,13 +263,13 @@ def test_load_arrays_decodes_each_file_once(synth, monkeypatch):
     samples = data.list_samples(synth, "test")
     first, _ = data.load_arrays(samples)
     second, _ = data.load_arrays(samples)
-    data.audit(samples)  # the audit's perceptual hashes come from the same decode
+    audit.audit(samples)  # the audit's perceptual hashes come from the same decode
     assert np.array_equal(first, second)
     assert len(calls) == len(samples) and set(calls.values()) == {1}
     # An edited file (new mtime/size) is decoded again.
     target = synth / "test" / "Covid" / "c0.png"
     rgb = np.full((80, 80, 3), 200, np.uint8)
-    _write(target, rgb)
+    write_image(target, rgb)
     third, _ = data.load_arrays(samples)
     assert calls["c0.png"] == 2
     assert (third[samples.index(next(s for s in samples if s.path == target))] == 200).all()
@@ -357,7 +290,7 @@ def test_class_weights_balanced():
 @pytest.fixture(scope="module")
 def small_arrays():
     rng = np.random.default_rng(3)
-    images = np.stack([_random_xray(rng, IMAGE_SIZE) for _ in range(10)])
+    images = np.stack([random_xray(rng, IMAGE_SIZE) for _ in range(10)])
     labels = np.arange(10) % NUM_CLASSES
     return images, labels
 
@@ -450,95 +383,16 @@ def test_make_dataset_rejects_unknown_mode(small_arrays):
 # ---------------------------------------------------------------------------
 # Audit (synthetic).
 # ---------------------------------------------------------------------------
-def test_audit_synthetic_counts_and_leaks(synth_module, tmp_path):
-    report = data.audit(data.list_samples(synth_module))
-    counts = report.counts()
-    assert counts["exact"] == {"train": 1, "test": 0, "train/test": 1, "total": 2}
-    assert counts["near"] == {"train": 2, "test": 0, "train/test": 2, "total": 4}
-    assert data.leaked_test_files(report) == {"test/Covid/leak.png", "test/Normal/near.jpg"}
-    assert report.num_images == {"train": 20, "test": 11}
-    # Round trip through JSON.
-    path = report.to_json(tmp_path / "sub" / "audit.json")
-    loaded = data.AuditReport.from_json(path)
-    assert loaded == report
-    saved = json.loads(path.read_text())
-    assert saved["leaked_test_files"] == ["test/Covid/leak.png", "test/Normal/near.jpg"]
-    assert "2 across train/test" in report.summary()
-
-
-def test_audit_default_path_follows_reports_dir(synth_module, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(config.REPORTS_DIR_ENV_VAR, str(tmp_path / "reports"))
-    assert data.default_audit_path() == (tmp_path / "reports" / "audit.json").resolve()
-    assert data.main(["audit", "--data-dir", str(synth_module)]) == 0
-    assert data.AuditReport.from_json().counts()["exact"]["total"] == 2
-    assert "test/Covid/leak.png" in capsys.readouterr().out
-
-
-def test_audit_threshold_zero_keeps_only_identical_hashes(synth_module):
-    report = data.audit(data.list_samples(synth_module), near_threshold=0)
-    assert all(p.distance == 0 for p in report.near_pairs)
-    assert len(report.exact_pairs) == 2
-    with pytest.raises(ValueError, match="near_threshold"):
-        data.audit(data.list_samples(synth_module), near_threshold=-1)
 
 
 # ---------------------------------------------------------------------------
 # CLI: download (fake kagglehub, no network) and info.
 # ---------------------------------------------------------------------------
-def test_download_with_fake_kagglehub(synth_module, tmp_path, monkeypatch, capsys):
-    requested = []
-
-    def dataset_download(handle):
-        requested.append(handle)
-        return str(synth_module.parent)  # like kagglehub: the folder holding Covid19-dataset/
-
-    monkeypatch.setitem(sys.modules, "kagglehub", types.SimpleNamespace(dataset_download=dataset_download))
-    dest = tmp_path / "data" / "Covid19-dataset"
-    assert data.main(["download", "--dest", str(dest)]) == 0
-    assert requested == [config.KAGGLE_DATASET]
-    out = capsys.readouterr().out
-    assert f"export {config.DATA_ENV_VAR}={dest.resolve()}" in out
-    assert len(data.list_samples(dest)) == 31 and not dest.is_symlink()
-    # A second run finds the data in place and does not download again.
-    assert data.main(["download", "--dest", str(dest)]) == 0
-    assert len(requested) == 1
-    # --link makes a symlink into the kagglehub cache instead of a copy.
-    linked = tmp_path / "linked"
-    assert data.main(["download", "--dest", str(linked), "--link"]) == 0
-    assert linked.is_symlink() and linked.resolve() == synth_module.resolve()
-
-
-def test_download_without_kagglehub_says_how_to_install(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "kagglehub", None)  # makes `import kagglehub` fail
-    assert data.main(["download", "--dest", str(tmp_path / "d")]) == 2
-    assert "pip install kagglehub" in capsys.readouterr().err
-    assert not (tmp_path / "d").exists()
-
-
-def test_info_cli(synth_module, capsys):
-    assert data.main(["info", "--data-dir", str(synth_module)]) == 0
-    out = capsys.readouterr().out
-    assert "train" in out and "test" in out
-    assert data.dataset_manifest_hash(data.list_samples(synth_module)) in out
-
-
-def test_cli_reports_missing_data(tmp_path, capsys):
-    assert data.main(["info", "--data-dir", str(tmp_path / "none")]) == 2
-    assert "python -m covid_xray.data download" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------
 # Integration: the real dataset.
 # ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def real_samples(data_dir):
-    return data.list_samples(data_dir)
-
-
-@pytest.fixture(scope="module")
-def real_audit(real_samples):
-    # Decodes and hashes the 317 images once; later tests reuse the in-process cache.
-    return data.audit(real_samples)
 
 
 def test_real_counts(real_samples):
@@ -550,22 +404,6 @@ def test_real_counts(real_samples):
 def test_real_manifest_hash_is_stable(real_samples):
     assert data.dataset_manifest_hash(real_samples) == REAL_MANIFEST_HASH
     assert data.dataset_manifest_hash(sorted(real_samples, key=lambda s: s.path.name)) == REAL_MANIFEST_HASH
-
-
-def test_real_audit_reproduces_documented_defects(real_audit):
-    counts = real_audit.counts()
-    # 10 byte-identical pairs: 6 test images copied from train, 4 pairs inside one split.
-    assert counts["exact"] == {"train": 3, "test": 1, "train/test": 6, "total": 10}
-    # 27 pairs at phash distance <= 6, 11 of them across train/test.
-    assert counts["near"]["total"] == 27 and counts["near"]["train/test"] == 11
-    pairs = {(p.a, p.b) for p in real_audit.near_pairs}
-    assert ("test/Covid/0112.jpg", "train/Covid/090.jpeg") in pairs
-    assert ("test/Normal/0103.jpeg", "train/Viral Pneumonia/022.jpeg") in pairs
-    exact_cross = {p.a for p in real_audit.exact_pairs if p.scope == "train/test"}
-    assert exact_cross == REAL_EXACT_LEAKS
-    leaked = data.leaked_test_files(real_audit)
-    assert REAL_EXACT_LEAKS < leaked and len(leaked) == 9
-    assert {"test/Covid/0112.jpg", "test/Normal/0103.jpeg"} <= leaked
 
 
 def test_real_default_split(data_dir, real_audit):
@@ -612,18 +450,3 @@ def test_real_class_weights(real_samples):
     assert weights == pytest.approx({0: 251 / 333, 1: 251 / 210, 2: 251 / 210})
 
 
-@pytest.mark.slow
-def test_audit_cli_subprocess(data_dir, real_audit, tmp_path):
-    out = tmp_path / "audit.json"
-    env = {**os.environ, config.DATA_ENV_VAR: str(data_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run(
-        [sys.executable, "-m", "covid_xray.data", "audit", "--out", str(out), "--threshold", "6"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=config.PROJECT_ROOT,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "11 across train/test" in result.stdout
-    assert data.AuditReport.from_json(out) == real_audit

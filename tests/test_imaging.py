@@ -11,10 +11,10 @@ import pydicom
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
+from covid_xray import synthetic as corpus_module
 from covid_xray.config import MIN_IMAGE_SIDE
 from covid_xray.imaging import ImageDecodeError, is_probably_dicom, load_image
-from tests import corpus as corpus_module
-from tests.corpus import CorpusCase, build_corpus
+from covid_xray.synthetic import CorpusCase, build_corpus
 
 # (name, expect, reason): the corpus's own expectations, restated here on purpose so that a
 # change on either side is noticed.

@@ -23,7 +23,7 @@ from covid_xray.inference import (
     detail_markdown,
     display_image,
 )
-from tests.corpus import dicom_bytes, xray_like
+from covid_xray.synthetic import dicom_bytes, xray_like
 
 COVID_IMAGE = "test/Covid/0100.jpeg"
 

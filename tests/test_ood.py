@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 
 import numpy as np
 import pytest
 
-from covid_xray import imaging, ood
+from covid_xray import config, imaging, ood, synthetic
 from covid_xray.config import INPUT_SHAPE
-from tests.corpus import colour_photo, xray_like
+from covid_xray.synthetic import colour_photo, xray_like
 
 
 def _rgb(grey: np.ndarray) -> np.ndarray:
@@ -278,7 +279,7 @@ def test_malformed_guard_files_raise_guard_error(tmp_path, content, message):
 
 
 def test_missing_guard_file_says_how_to_fit(tmp_path):
-    with pytest.raises(ood.GuardError, match="python -m covid_xray.ood fit"):
+    with pytest.raises(ood.GuardError, match=re.escape(f"{config.OOD_COMMAND} fit")):
         ood.FeatureGuard.load(tmp_path / "ood_davidnet.json")
 
 
@@ -339,11 +340,6 @@ def test_convolutional_feature_maps_are_pooled(tiny_model):
     np.testing.assert_allclose(features, maps.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
 
 
-def test_fit_refuses_an_unknown_layer(random_davidnet_dir):
-    with pytest.raises(ood.GuardError, match="no layer named 'nope'"):
-        ood.fit_guard("davidnet", random_davidnet_dir, layer="nope")
-
-
 def test_load_guard_with_matching_sha_runs_the_learned_check(tiny_model, tiny_guard_dir):
     guard = ood.load_guard(
         "davidnet", tiny_guard_dir, model=tiny_model, metadata={"sha256": "a" * 64, "preprocessing": "unit"}
@@ -400,111 +396,14 @@ def test_load_guard_without_a_checkpoint_returns_none(tmp_path):
     assert ood.load_guard("davidnet", tmp_path) is None
 
 
-def test_measure_cli_without_a_checkpoint_exits_with_a_message(tmp_path, capsys):
-    assert ood.main(["measure", "--model", "davidnet", "--checkpoint-dir", str(tmp_path)]) == 2
-    assert "python train.py --model davidnet" in capsys.readouterr().err
-
-
 # ---------------------------------------------------------------------------
 # The synthesised non-X-ray set.
 # ---------------------------------------------------------------------------
-def test_synthetic_non_xray_set_decodes_and_covers_every_category(tmp_path):
-    cases = ood.synthetic_non_xrays(seed=0)
-    corpus_non_xray, corpus_chest = ood._corpus_cases(tmp_path)
-    assert len(cases) + len(corpus_non_xray) >= 40
-    assert {c.category for c in cases} | {"corpus"} == set(ood.NON_XRAY_CATEGORIES)
-    assert sorted(name for name, _, _ in corpus_non_xray) == sorted(ood.CORPUS_NON_XRAY)
-    assert corpus_chest, "the corpus's chest-like cases are scored separately"
-    names = [c.name for c in cases]
-    assert len(names) == len(set(names))
-    by_category: dict[str, list[list[str]]] = {}
-    for case in cases:
-        rgb = imaging.load_image(case.content)
-        by_category.setdefault(case.category, []).append(ood.check_image(rgb).flags)
-    # Colour content is caught by the cheap checks alone; greyscale anatomy is not (that is the
-    # learned check's job, measured by `measure`).
-    for category in ("photo", "screenshot", "scene"):
-        assert all("colour" in flags for flags in by_category[category]), category
-    assert all(flags == [] for flags in by_category["limb"] + by_category["skull"])
-
-
-def test_synthetic_set_is_deterministic():
-    a = [c.content for c in ood.synthetic_non_xrays(seed=5)]
-    b = [c.content for c in ood.synthetic_non_xrays(seed=5)]
-    assert a == b
 
 
 # ---------------------------------------------------------------------------
 # Integration: a randomly initialised DavidNet, the real dataset (no training).
 # ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def random_davidnet_dir(tmp_path_factory):
-    import keras
-
-    from covid_xray.checkpoints import save_checkpoint
-    from covid_xray.models import build_davidnet
-
-    keras.utils.set_random_seed(1)
-    directory = tmp_path_factory.mktemp("random_davidnet")
-    metadata = {
-        "model": "davidnet",
-        "preprocessing": "unit",
-        "config": {"protocol": "default", "val_fraction": 0.2, "seed": 42},
-    }
-    save_checkpoint(build_davidnet(), directory / "davidnet.keras", metadata)
-    return directory
-
-
-@pytest.mark.slow
-def test_fit_check_and_measure_with_a_random_davidnet(random_davidnet_dir, data_dir, tmp_path):
-    from covid_xray import data
-    from covid_xray.checkpoints import read_metadata
-
-    feature_guard, path = ood.fit_guard("davidnet", random_davidnet_dir, data_dir)
-    assert path == random_davidnet_dir / "ood_davidnet.json"
-    splits = data.make_splits(data_dir, val_fraction=0.2, seed=42)
-    info = feature_guard.info
-    assert info["n_train"] == len(data.list_samples(data_dir, "train")) and info["folds"] == ood.CV_FOLDS
-    assert feature_guard.feature_layer == "conv3" and feature_guard.dim == 64
-    assert math.isfinite(feature_guard.threshold) and feature_guard.threshold > 0
-    assert feature_guard.threshold <= info["out_of_fold_scores"]["max"] + 1e-9
-    assert feature_guard.model_sha256 == read_metadata(random_davidnet_dir / "davidnet.keras")["sha256"]
-
-    guard = ood.load_guard("davidnet", random_davidnet_dir)
-    assert guard is not None and guard.learned_enabled
-    sample = splits["test"][0]
-    rgb = imaging.load_image(sample.path, draft_size=448)
-    result = guard.check(rgb)
-    assert result.learned_check
-    assert all(math.isfinite(v) for v in result.scores.values())
-
-    assert (
-        ood.main(
-            [
-                "measure",
-                "--model",
-                "davidnet",
-                "--checkpoint-dir",
-                str(random_davidnet_dir),
-                "--data-dir",
-                str(data_dir),
-                "--out",
-                str(tmp_path / "ood.json"),
-            ]
-        )
-        == 0
-    )
-    report = json.loads((tmp_path / "ood.json").read_text())["models"]["davidnet"]
-    assert report["test_false_alarm"]["official"]["n"] == 66
-    real = report["real_xray_false_alarm"]
-    assert real["train_out_of_fold"]["n"] == info["n_train"] and real["all_real"]["n"] == info["n_train"] + 66
-    assert real["curated_examples"]["n"] == 9
-    # measure recomputes the out-of-fold distances: the same images above the threshold as fit counted.
-    flagged = real["train_out_of_fold"]["learned_only"] * info["n_train"]
-    assert flagged == pytest.approx(info["out_of_fold_flagged"])
-    assert report["non_xray_hit_rate"]["overall"]["n"] >= 40
-    assert set(report["non_xray_hit_rate"]["per_category"]) == set(ood.NON_XRAY_CATEGORIES)
-    assert report["learned_check"] is True
 
 
 # ---------------------------------------------------------------------------
@@ -545,7 +444,7 @@ def test_every_curated_example_passes_the_shipped_guard(shipped_predictor, data_
 
 def test_shipped_guard_flags_greyscale_non_chest_radiographs(shipped_predictor):
     """The cheap checks pass limb and skull images; the learned check is what catches them."""
-    cases = [c for c in ood.synthetic_non_xrays(0) if c.category in ("limb", "skull")]
+    cases = [c for c in synthetic.synthetic_non_xrays(0) if c.category in ("limb", "skull")]
     assert cases
     for case in cases:
         rgb = imaging.load_image(case.content)

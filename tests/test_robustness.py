@@ -28,8 +28,8 @@ from covid_xray.config import CLASS_NAMES, MODELS
 from covid_xray.imaging import ImageDecodeError
 from covid_xray.inference import Predictor, decode_source
 from covid_xray.runtime import AppRuntime
+from covid_xray.synthetic import CorpusCase, build_corpus, colour_photo, xray_like
 from tests.app_fixtures import PROJECT_ROOT, SERVER_MAX_UPLOAD_BYTES
-from tests.corpus import CorpusCase, build_corpus, colour_photo, xray_like
 
 COVID_IMAGE = "test/Covid/0100.jpeg"
 NORMAL_IMAGE = "test/Normal/0101.jpeg"

@@ -1,29 +1,33 @@
-"""A corpus of bad and odd inputs for the decoder, the API and the CLI, generated in code.
+"""Synthetic inputs, generated in code (no binary fixtures, nothing from the dataset):
 
-No binary fixtures: every file is drawn with NumPy and written with Pillow or pydicom into a
-directory the caller provides (usually pytest's ``tmp_path``). Build time is well under 3 s.
-
-Usage::
-
-    from tests.corpus import build_corpus
-    cases = build_corpus(tmp_path)            # list[CorpusCase]
-    for case in cases:
-        ...  # case.expect == "ok" -> load_image(case.path) works;
-             # case.expect == "error" -> ImageDecodeError with .reason == case.reason
+- `build_corpus(directory)`: bad and odd files for the decoder, the API and the CLI (truncated,
+  16-bit, RGBA, DICOM, animated, a decompression bomb, ...), each with the outcome expected of
+  `imaging.load_image` (`CorpusCase.expect` "ok", or "error" with `ImageDecodeError.reason`);
+  drawn with NumPy, written with Pillow or pydicom; well under 3 s.
+- `synthetic_non_xrays(seed)`: photos, screenshots, scenes, limb and skull radiograph look-alikes
+  and patterns, encoded as files: the non-X-ray set on which the input guard's hit rate is
+  measured (`python -m covid_xray.studies.ood measure`).
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import logging
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------
+# The bad-file corpus.
+# ---------------------------------------------------------------------------
 # Side lengths of the ordinary (small) corpus images; all above config.MIN_IMAGE_SIDE.
 SMALL_HEIGHT, SMALL_WIDTH = 96, 128
 # The large, valid X-ray: width x height, as a modern flat-panel detector produces.
@@ -474,3 +478,252 @@ def dicom_jpeg2000_garbage(height: int, width: int) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# The non-X-ray set of the input guard's measurement.
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SyntheticCase:
+    """One generated non-X-ray input: its category, a name, and the encoded file bytes."""
+
+    category: str
+    name: str
+    content: bytes
+    note: str
+
+
+# Categories of the non-X-ray set; the hit rate is reported per category and overall.
+NON_XRAY_CATEGORIES = ("photo", "screenshot", "scene", "limb", "skull", "pattern", "corpus")
+
+
+# Cases of `build_corpus` that decode to something other than a chest X-ray (ramps, flat
+# grey, a bright square, a colour photo). Its other decodable cases draw a synthetic
+# chest-like picture; they are scored separately as "corpus_chest_like", outside the hit rate.
+CORPUS_NON_XRAY = (
+    "png_gray16",
+    "tiff_gray16",
+    "png_rgba",
+    "gif_animated",
+    "jpeg_exif_rotated",
+    "photo_colour",
+    "dicom_mono2_16bit",
+    "dicom_window",
+)
+
+
+def _encode_rgb(rgb: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(rgb)
+    if fmt == "JPEG":
+        image.save(buffer, format="JPEG", quality=88)
+    else:
+        image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _smooth_field(rng: np.random.Generator, height: int, width: int, channels: int, cells: int) -> np.ndarray:
+    """Random values on a coarse grid, upsampled smoothly: 0..1 float32 (H, W, C)."""
+    coarse = rng.random((cells, cells, channels)).astype(np.float32)
+    smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.clip(smooth.reshape(height, width, channels), 0, 1)
+
+
+def _photo(rng: np.random.Generator, height: int, width: int, variant: int) -> np.ndarray:
+    """A colour photo-like picture: smooth colour fields or gradients, plus sensor noise."""
+    if variant % 2 == 0:
+        img = _smooth_field(rng, height, width, 3, cells=int(rng.integers(3, 8)))
+    else:
+        y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+        angle = rng.uniform(0, np.pi)
+        t = (np.cos(angle) * x / width + np.sin(angle) * y / height + 1) / 3
+        start, end = rng.random(3), rng.random(3)
+        img = start[None, None, :] * (1 - t[..., None]) + end[None, None, :] * t[..., None]
+    img = img * 255 + rng.normal(0, 6, (height, width, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _screenshot(rng: np.random.Generator, height: int, width: int, dark: bool) -> np.ndarray:
+    """A UI/document screenshot: flat background, a title bar, boxes, lines and text."""
+    background = (32, 33, 36) if dark else (255, 255, 255)
+    ink = (230, 230, 230) if dark else (20, 20, 20)
+    img = np.empty((height, width, 3), np.uint8)
+    img[:] = background
+    bar = tuple(int(c) for c in rng.integers(30, 220, 3))
+    cv2.rectangle(img, (0, 0), (width - 1, max(24, height // 18)), bar, thickness=-1)
+    scale = max(0.4, width / 1600)
+    row = max(40, height // 12)
+    y = row + 30
+    while y < height - 20:
+        words = " ".join(
+            "".join(chr(int(c)) for c in rng.integers(97, 123, int(rng.integers(3, 9))))
+            for _ in range(int(rng.integers(3, 9)))
+        )
+        cv2.putText(img, words, (20, y), cv2.FONT_HERSHEY_SIMPLEX, scale, ink, 1, cv2.LINE_AA)
+        if rng.random() < 0.3:
+            x0 = int(rng.integers(0, width // 2))
+            box = tuple(int(c) for c in rng.integers(0, 255, 3))
+            cv2.rectangle(img, (x0, y + 8), (x0 + int(rng.integers(60, width // 2)), y + row - 12), box, 2)
+        if rng.random() < 0.3:
+            cv2.line(img, (10, y + row // 2), (width - 10, y + row // 2), ink, 1)
+        y += row
+    return img
+
+
+def _scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A saturated outdoor-scene-like picture: sky gradient, green ground, sun, tree blobs."""
+    img = np.zeros((height, width, 3), np.float32)
+    horizon = int(height * rng.uniform(0.4, 0.65))
+    t = np.linspace(0, 1, horizon, dtype=np.float32)[:, None]
+    img[:horizon] = (np.array([40, 110, 230]) * (1 - t) + np.array([170, 210, 250]) * t)[:, None, :]
+    ground = _smooth_field(rng, height - horizon, width, 1, cells=6)
+    img[horizon:] = np.array([40, 150, 50]) * (0.6 + 0.6 * ground)
+    sun = (int(rng.integers(width // 8, width - width // 8)), int(rng.integers(20, max(21, horizon // 2))))
+    cv2.circle(img, sun, max(10, width // 16), (255, 220, 60), -1)
+    for _ in range(int(rng.integers(3, 8))):
+        centre = (int(rng.integers(0, width)), horizon + int(rng.integers(-height // 10, height // 10)))
+        axes = (int(rng.integers(width // 30, width // 10)), int(rng.integers(height // 15, height // 6)))
+        cv2.ellipse(img, centre, axes, 0, 0, 360, (20, int(rng.integers(90, 160)), 30), -1)
+    img += rng.normal(0, 5, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _grey(img: np.ndarray, rng: np.random.Generator, noise: float = 4.0) -> np.ndarray:
+    """Blur a drawn greyscale radiograph-like picture, add noise, return it as RGB uint8."""
+    img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), 2.0)
+    img += rng.normal(0, noise, img.shape)
+    grey = np.clip(img, 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def _limb(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A hand/limb-radiograph-like picture: grey soft tissue and elongated bright bones on black."""
+    img = np.full((height, width), 12, np.float32)
+    cx = width / 2 + rng.uniform(-0.1, 0.1) * width
+    tilt = rng.uniform(-15, 15)
+    cv2.ellipse(
+        img, (int(cx), int(height * 0.6)), (int(width * 0.22), int(height * 0.45)), tilt, 0, 360, 95, -1
+    )
+    # Two long bones (forearm) and five finger rays with short phalanges.
+    for dx in (-0.06, 0.06):
+        centre = (int(cx + dx * width), int(height * 0.75))
+        cv2.ellipse(img, centre, (int(width * 0.035), int(height * 0.22)), tilt, 0, 360, 215, -1)
+    for finger in range(5):
+        x = cx + (finger - 2) * width * 0.07
+        for segment in range(3):
+            y = height * (0.42 - 0.12 * segment)
+            cv2.ellipse(img, (int(x), int(y)), (int(width * 0.02), int(height * 0.05)), tilt, 0, 360, 200, -1)
+    return _grey(img, rng)
+
+
+def _skull(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A skull-radiograph-like picture: a bright elliptical vault, grey brain, dark orbits."""
+    img = np.full((height, width), 10, np.float32)
+    centre = (width // 2, int(height * 0.48))
+    axes = (int(width * rng.uniform(0.32, 0.4)), int(height * rng.uniform(0.38, 0.45)))
+    cv2.ellipse(img, centre, axes, 0, 0, 360, 225, -1)
+    inner = (int(axes[0] * 0.9), int(axes[1] * 0.9))
+    cv2.ellipse(img, centre, inner, 0, 0, 360, 110, -1)
+    texture = _smooth_field(rng, height, width, 1, cells=12)[..., 0]
+    img += (texture - 0.5) * 40 * (img > 50)
+    for side in (-1, 1):
+        orbit = (centre[0] + side * axes[0] // 3, centre[1] + axes[1] // 4)
+        cv2.ellipse(img, orbit, (axes[0] // 6, axes[1] // 8), 0, 0, 360, 55, -1)
+    cv2.ellipse(
+        img, (centre[0], centre[1] + int(axes[1] * 0.85)), (axes[0] // 2, axes[1] // 5), 0, 0, 180, 200, 8
+    )
+    return _grey(img, rng)
+
+
+def _patterns(rng: np.random.Generator) -> list[tuple[str, np.ndarray, str]]:
+    """Checkerboards, uniform grey and pure noise (name, RGB, note)."""
+    out = []
+    for square in (16, 64):
+        y, x = np.mgrid[0:512, 0:512]
+        board = np.where((x // square + y // square) % 2 == 0, 230, 25).astype(np.uint8)
+        out.append(
+            (f"checkerboard_{square}", np.repeat(board[..., None], 3, axis=2), f"{square}-pixel checkerboard")
+        )
+    for level in (128, 40):
+        out.append(
+            (f"uniform_{level}", np.full((480, 480, 3), level, np.uint8), f"uniform grey level {level}")
+        )
+    uniform_noise = rng.integers(0, 256, (512, 512), dtype=np.uint8)
+    out.append(("noise_uniform", np.repeat(uniform_noise[..., None], 3, axis=2), "uniform white noise, grey"))
+    gauss = np.clip(rng.normal(128, 40, (512, 512)), 0, 255).astype(np.uint8)
+    out.append(("noise_gaussian", np.repeat(gauss[..., None], 3, axis=2), "Gaussian noise around mid-grey"))
+    return out
+
+
+def synthetic_non_xrays(seed: int = 0) -> list[SyntheticCase]:
+    """The generated non-X-ray set (without the corpus cases): 37 encoded images.
+
+    Colour photos (JPEG), screenshots (PNG, light and dark themes, desktop and phone shapes),
+    saturated outdoor scenes (JPEG), greyscale non-chest radiograph-like images (limbs and
+    skulls, JPEG) and patterns (checkerboards, uniform grey, noise; PNG).
+    """
+    rng = np.random.default_rng(seed)
+    cases: list[SyntheticCase] = []
+    photo_sizes = [
+        (480, 640),
+        (640, 480),
+        (600, 800),
+        (768, 1024),
+        (512, 512),
+        (720, 960),
+        (900, 600),
+        (480, 720),
+    ]
+    for i, (h, w) in enumerate(photo_sizes):
+        kind = "smooth colour field" if i % 2 == 0 else "colour gradient"
+        cases.append(
+            SyntheticCase(
+                "photo", f"photo_{i}", _encode_rgb(_photo(rng, h, w, i), "JPEG"), f"{kind}, {w}x{h}"
+            )
+        )
+    screen_sizes = [
+        (800, 1280),
+        (1080, 1920),
+        (768, 1024),
+        (900, 1440),
+        (2340, 1080),
+        (1200, 800),
+        (600, 800),
+        (1024, 1024),
+    ]
+    for i, (h, w) in enumerate(screen_sizes):
+        dark = i in (3, 6)
+        theme = "dark" if dark else "light"
+        img = _screenshot(rng, h, w, dark)
+        cases.append(
+            SyntheticCase("screenshot", f"screenshot_{i}", _encode_rgb(img, "PNG"), f"{theme} UI, {w}x{h}")
+        )
+    for i, (h, w) in enumerate([(480, 640), (600, 800), (720, 960), (512, 512), (640, 480), (768, 1024)]):
+        cases.append(
+            SyntheticCase(
+                "scene", f"scene_{i}", _encode_rgb(_scene(rng, h, w), "JPEG"), f"outdoor scene, {w}x{h}"
+            )
+        )
+    for i, (h, w) in enumerate([(640, 512), (800, 600), (512, 512), (700, 560), (600, 480)]):
+        cases.append(
+            SyntheticCase(
+                "limb", f"limb_{i}", _encode_rgb(_limb(rng, h, w), "JPEG"), f"hand/forearm-like, {w}x{h}"
+            )
+        )
+    for i, (h, w) in enumerate([(640, 512), (512, 512), (600, 560), (700, 600)]):
+        cases.append(
+            SyntheticCase(
+                "skull", f"skull_{i}", _encode_rgb(_skull(rng, h, w), "JPEG"), f"skull-like, {w}x{h}"
+            )
+        )
+    for name, img, note in _patterns(rng):
+        cases.append(SyntheticCase("pattern", name, _encode_rgb(img, "PNG"), note))
+    return cases
+
+
+def corpus_cases(directory: Path) -> tuple[list[tuple[str, Path, str]], list[tuple[str, Path, str]]]:
+    """Decodable cases of `build_corpus`: (non-X-ray cases, chest-like cases), each (name, path, note)."""
+    cases = [c for c in build_corpus(directory, include_large=False) if c.expect == "ok"]
+    non_xray = [(c.name, c.path, c.note) for c in cases if c.name in CORPUS_NON_XRAY]
+    chest_like = [(c.name, c.path, c.note) for c in cases if c.name not in CORPUS_NON_XRAY]
+    return non_xray, chest_like
