@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import gradio as gr
 
-from covid_xray import calibration, config, explain_eval, quiz, report, shortcuts, teaching
+from covid_xray import config, quiz, report, teaching
 from covid_xray.config import CLASS_DISPLAY_NAMES, CLASS_NAMES, MODELS
 from covid_xray.imaging import ImageDecodeError
 from covid_xray.inference import (
@@ -406,7 +406,7 @@ class ReportPanel(NamedTuple):
 def report_key(name: str, reports_dir=None) -> tuple:
     """Changes when the model's evaluation outputs change (they appear after first-start training)."""
     folder = MODELS[name].report_dir(reports_dir)
-    return (str(folder), report._stamp(folder / "metrics.json"))
+    return (str(folder), report.stamp(folder / config.METRICS_FILE))
 
 
 def _image_update(path: Path | None) -> dict:
@@ -419,7 +419,7 @@ def report_updates(name: str, reports_dir=None) -> list:
     operator's command."""
     evaluated = report.load_metrics(name, reports_dir) is not None
     confusion = []
-    for subset in report.SUBSET_TITLES:
+    for subset in config.TEST_SUBSET_TITLES:
         image = report.load_confusion_image(name, subset, reports_dir)
         confusion.append(gr.update(value=image, visible=image is not None))
     figure = report.plot_history(name, reports_dir) if evaluated else None
@@ -427,15 +427,15 @@ def report_updates(name: str, reports_dir=None) -> list:
         ""
         if evaluated
         else "Evaluate it once it is installed (it is trained first):\n    "
-        + report.EVALUATE_COMMAND.format(name=name)
+        + config.EVALUATE_COMMAND.format(name=name)
     )
     if evaluated:
         extras = [
-            gr.update(value=calibration.calibration_markdown(name, reports_dir), visible=True),
-            _image_update(calibration.reliability_image_path(name, reports_dir)),
-            gr.update(value=explain_eval.faithfulness_markdown(name, reports_dir), visible=True),
-            _image_update(explain_eval.faithfulness_image_path(name, reports_dir)),
-            gr.update(value=shortcuts.shortcuts_markdown(name, reports_dir), visible=True),
+            gr.update(value=report.calibration_markdown(name, reports_dir), visible=True),
+            _image_update(report.reliability_image_path(name, reports_dir)),
+            gr.update(value=report.faithfulness_markdown(name, reports_dir), visible=True),
+            _image_update(report.faithfulness_image_path(name, reports_dir)),
+            gr.update(value=report.shortcuts_markdown(name, reports_dir), visible=True),
         ]
     else:
         extras = [gr.update(visible=False)] * 5
@@ -458,7 +458,7 @@ def _report_panel(name: str, reports_dir=None) -> ReportPanel:
         detail = gr.Markdown(**updates[2])
     confusion = []
     with gr.Row():
-        for offset, title in enumerate(report.SUBSET_TITLES.values()):
+        for offset, title in enumerate(config.TEST_SUBSET_TITLES.values()):
             confusion.append(
                 gr.Image(label=f"Confusion matrix, {title.lower()}", interactive=False, **updates[3 + offset])
             )

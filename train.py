@@ -204,10 +204,11 @@ def next_hint(model: str, checkpoint, run_dir, installed: bool) -> str:
     """The "next:" lines: evaluate the checkpoint just saved, naming its folder; how to serve it."""
     import shlex
 
+    from covid_xray import config
     from covid_xray.config import resolve_checkpoint_dir
 
     serving = resolve_checkpoint_dir()
-    command = f"python -m covid_xray.evaluate --model {model} --checkpoint {shlex.quote(str(checkpoint))}"
+    command = f"{config.EVALUATE_COMMAND.format(name=model)} --checkpoint {shlex.quote(str(checkpoint))}"
     if checkpoint.parent != serving:  # keep reports/<model>/ for the served model
         command += f" --out {shlex.quote(str(checkpoint.parent / 'report'))}"
     lines = [f"next: {command}"]

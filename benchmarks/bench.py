@@ -693,7 +693,8 @@ def _bench_one_app(results: Results, subset: str, checkpoint_dir: Path, work: Pa
 # Evaluation and training.
 # ---------------------------------------------------------------------------
 def bench_evaluate(results: Results, loaded: dict, data_dir, quick: bool) -> None:
-    from covid_xray import data, evaluate
+    from covid_xray import data
+    from covid_xray.studies import evaluate
 
     test = data.list_samples(data_dir, split="test")[: REPEATS["evaluate_files"][1 if quick else 0]]
     data.clear_cache()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import keras
 
+from covid_xray import config
 from covid_xray.config import MODELS
 from covid_xray.hashing import sha256_file
 
@@ -63,7 +64,7 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> tuple[keras
         raise CheckpointError(
             f"Checkpoint not found: {path}."
             + (
-                f" Train and install it with `python train.py --model {path.stem} --install`."
+                f" Train and install it with `{config.TRAIN_INSTALL_COMMAND.format(name=path.stem)}`."
                 if path.stem in MODELS
                 else ""
             )

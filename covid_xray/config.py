@@ -228,6 +228,9 @@ AUDIT_FILE = "audit.json"
 OOD_REPORT_FILE = "ood.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
+# predictions.csv columns; a labelled folder's has `group` in place of the Kaggle-only `leaked`.
+PREDICTION_COLUMNS = ("file", "true", "predicted", "confidence", *(f"p_{c}" for c in CLASS_NAMES), "leaked")
+FOLDER_PREDICTION_COLUMNS = (*PREDICTION_COLUMNS[:-1], "group")
 HISTORY_FILE = "history.csv"
 CONFUSION_FILE = "confusion_{subset}.png"  # subset: a TEST_SUBSET_TITLES key, or "all"
 CALIBRATION_FILE = "calibration.json"

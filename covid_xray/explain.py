@@ -57,7 +57,7 @@ COLORBAR_BACKGROUND = (255, 255, 255)
 # (a uniform wash, or all zeros: no localized evidence); a compact hot spot of 1% of the image
 # already has a standard deviation of about 0.1.
 FLAT_MAP_STD_MAX = 0.05
-# heatmap_notes: "most of the map lies on the border" when its border mass (explain_eval.border_mass:
+# heatmap_notes: "most of the map lies on the border" when its border mass (faithfulness.border_mass:
 # share of the mass in the outer 10% band of each side) exceeds this; a uniform map has 0.36.
 BORDER_NOTE_MIN = 0.5
 FLAT_MAP_NOTE = "No localized evidence for this class: the map is nearly uniform."
@@ -196,7 +196,7 @@ class Explainer:
             channels of the target layer).
         feature_layer: optional layer whose output (globally averaged if spatial) the compiled
             function also returns, from the same forward pass: the OOD guard's features
-            (``ood.FEATURE_LAYERS``) then cost no second pass through the network.
+            (``ModelSpec.feature_layer``) then cost no second pass through the network.
 
     Attributes:
         model, layer_name, input_shape, num_classes, scorecam_max_n: as given / as found.
@@ -577,12 +577,12 @@ def heatmap_notes(heatmap: np.ndarray) -> list[str]:
 
     - FLAT_MAP_NOTE when the map is nearly uniform (pixel std <= FLAT_MAP_STD_MAX, values in [0, 1]);
     - BORDER_MAP_NOTE when more than BORDER_NOTE_MIN of its mass lies in the border band, by the
-      one border-mass definition of the faithfulness report (`explain_eval.border_mass`).
+      one border-mass definition of the faithfulness report (`faithfulness.border_mass`).
 
     Args:
         heatmap: 2-D map in [0, 1] (values outside are clipped), any size.
     """
-    from covid_xray.explain_eval import border_mass
+    from covid_xray.faithfulness import border_mass
 
     heat = np.asarray(heatmap, dtype=np.float64)
     if heat.ndim != 2 or heat.size == 0:

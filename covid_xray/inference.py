@@ -9,7 +9,7 @@ The app, its API endpoint and the error gallery all go through one :class:`Predi
     result.input_check.is_xray_likely        # the OOD guard (covid_xray.ood): warnings, never a refusal
     result.to_api_json()
 
-When a checkpoint's sidecar records a fitted temperature (`python -m covid_xray.calibration fit`),
+When a checkpoint's sidecar records a fitted temperature (`python -m covid_xray.studies.calibrate fit`),
 `probabilities` are the calibrated ones and `raw_probabilities` the model's own softmax; the
 predicted class is the same for both.
 
@@ -215,12 +215,12 @@ def unavailable_detail(name: str, checkpoint: Path, weights_path=None, error: st
             lines += [
                 "Get the CheXNet base weights first:",
                 "    pip install kagglehub",
-                "    python -m covid_xray.weights fetch-kaggle",
+                "    " + config.WEIGHTS_COMMAND + " fetch-kaggle",
             ]
         lines += [
             "Train the head and evaluate it:",
             train,
-            "    python -m covid_xray.evaluate --model chexnet",
+            "    " + config.EVALUATE_COMMAND.format(name="chexnet"),
         ]
     lines += [
         f"Or start the app with internet access and without {OFFLINE_ENV_VAR}=1: it downloads and "

@@ -4,10 +4,10 @@ For a teacher or an error review, the closest training films explain many answer
 adult normal film that lands among COVID-19 films (the model reads "adult", not "disease"), or
 a leaked test image whose byte-identical twin in train is its first neighbour.
 
-Feature space: the layer the OOD guard reads (`FEATURE_LAYERS`, the same dict `covid_xray.ood`
-uses, so the explainer's forward pass already returns these features and serving needs no
-second pass): DavidNet's last hidden layer `dense2` (64-d); CheXNet's `head_flatten`, i.e. the
-1024 globally pooled DenseNet121 activations of its Grad-CAM layer `relu`.
+Feature space: the layer the OOD guard reads (`ModelSpec.feature_layer` in `covid_xray.config`),
+so the explainer's forward pass already returns these features and serving needs no second pass:
+DavidNet's last convolutional block `conv3`, globally averaged (64-d); CheXNet's `head_flatten`,
+the 1024 globally pooled DenseNet121 activations of its Grad-CAM layer `relu`.
 
 Distance: cosine distance (1 - cosine similarity, 0 = same direction, 1 = unrelated, at most 2)
 between STANDARDISED features: each unit is centred on its training mean and divided by its
@@ -17,7 +17,7 @@ every distance; ReLU features are all >= 0, so uncentred cosine calls any two fi
 and cosine ignores the overall activation strength (contrast and exposure scale it). The
 choice rests on these reasons, not on a score: on DavidNet's 251 training films, raw, centred
 and standardised features with L2 or cosine distance all reach 98.0-98.4% leave-one-out 1-NN
-label agreement (this one: 98.0%, `python -m covid_xray.neighbours --model davidnet`); the test
+label agreement (this one: 98.0%, `python -m covid_xray.studies.neighbours --model davidnet`); the test
 split was not used to choose.
 
 Usage::
@@ -32,33 +32,25 @@ The training features are computed once and cached in `cache_dir` (default
 `~/.cache/covid-xray/neighbours`) in a file keyed by the checkpoint's sha256, the dataset
 manifest hash, the feature layer and the preprocessing mode: a retrained checkpoint or changed
 data gets a new file.
-
-Command line (build or reuse the cache, print the lookup time and leave-one-out agreement)::
-
-    python -m covid_xray.neighbours --model davidnet [--data-dir D] [--cache-dir C]
+The command line (build or reuse the cache, lookup time, leave-one-out agreement):
+`python -m covid_xray.studies.neighbours`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
-import sys
-import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from covid_xray import config, data, preprocessing
+from covid_xray import data, preprocessing
 from covid_xray.config import CLASS_DISPLAY_NAMES
-
-# The per-model feature layer: one dict for the guard and the neighbours (see module docstring).
-from covid_xray.ood import FEATURE_LAYERS  # noqa: F401  (re-exported)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 logger = logging.getLogger(__name__)
@@ -450,7 +442,7 @@ def index_for(
     twins: Mapping[str, frozenset[str]] | None = None,
 ) -> NeighbourIndex:
     """The index of a served model (`inference.LoadedModel`), in the explainer's feature layer
-    when it has one (so `query` takes the request's features), else `FEATURE_LAYERS`.
+    when it has one (so `query` takes the request's features), else `ModelSpec.feature_layer`.
 
     Raises:
         data.DatasetNotFoundError: the training images are not on disk.
@@ -472,72 +464,3 @@ def index_for(
 # ---------------------------------------------------------------------------
 # Measurements.
 # ---------------------------------------------------------------------------
-def time_lookup(index: NeighbourIndex, n: int = 200, k: int = DEFAULT_K, seed: int = 0) -> float:
-    """Median milliseconds of one `query` (features already computed), over n queries of
-    perturbed training features."""
-    rng = np.random.default_rng(seed)
-    scale = index.features.std(axis=0, keepdims=True) * 0.1
-    picks = rng.integers(0, len(index), size=n)
-    queries = index.features[picks] + rng.standard_normal((n, index.dim)).astype(np.float32) * scale
-    times = []
-    for q in queries:
-        start = time.perf_counter()
-        index.query(q, k)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000.0)
-
-
-def leave_one_out_agreement(index: NeighbourIndex) -> float:
-    """Fraction of training images whose nearest OTHER training image has the same label."""
-    d = 1.0 - index._unit @ index._unit.T
-    np.fill_diagonal(d, np.inf)
-    nearest = d.argmin(axis=1)
-    labels = np.array(index.labels)
-    return float((labels[nearest] == labels).mean())
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    """Entry point of `python -m covid_xray.neighbours`: build (or reuse) one model's index."""
-    parser = argparse.ArgumentParser(
-        prog="python -m covid_xray.neighbours", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
-    parser.add_argument("--data-dir", default=None, help=f"dataset root (default ${config.DATA_ENV_VAR})")
-    parser.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default checkpoints/)")
-    parser.add_argument("--cache-dir", default=None, help=f"feature cache (default {DEFAULT_CACHE_DIR})")
-    parser.add_argument("--n", type=int, default=500, help="lookups timed")
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    from covid_xray.checkpoints import CheckpointError, load_checkpoint
-
-    spec = config.get_model_spec(args.model)
-    try:
-        model, metadata = load_checkpoint(spec.checkpoint_path(args.checkpoint_dir))
-        mode = preprocessing.checkpoint_mode(args.model, metadata)
-        start = time.perf_counter()
-        index = NeighbourIndex.build(
-            model,
-            None,
-            data.list_samples(args.data_dir, "train"),
-            mode,
-            args.cache_dir,
-            metadata.get("sha256"),
-            model_name=args.model,
-        )
-        built = time.perf_counter() - start
-    except (CheckpointError, data.DatasetNotFoundError, NeighbourError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    how = "read from cache" if index.from_cache else "computed"
-    print(
-        f"{spec.display_name}: {len(index)} training images, layer {index.feature_layer} "
-        f"({index.dim}-d), features {how} in {built:.2f} s ({index.cache_path})"
-    )
-    print(f"lookup (k={DEFAULT_K}, features given): {time_lookup(index, args.n):.3f} ms median over {args.n}")
-    print(f"leave-one-out 1-NN label agreement on train: {leave_one_out_agreement(index):.1%}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -100,7 +100,7 @@ PLANE_FIT_R2_MAX = 0.95
 ASPECT_RATIO_MIN, ASPECT_RATIO_MAX = 0.6, 1.7
 
 # Learned check.
-# The representation each model's Mahalanobis guard uses (the output of this layer; maps are
+# The representation each model's Mahalanobis guard uses is `ModelSpec.feature_layer` (maps are
 # globally averaged). DavidNet: its last convolutional block, conv3 (64 channels, also the
 # Grad-CAM layer). Its dense layers were tried first: dense2 put real adult X-rays with burned-in
 # text (test/Covid/0102.jpeg, a curated example) further out than greyscale limb and skull
@@ -109,7 +109,6 @@ ASPECT_RATIO_MIN, ASPECT_RATIO_MAX = 0.6, 1.7
 # above it (reports/ood.json). CheXNet: the 1024-d globally pooled DenseNet121 features, i.e.
 # the input of the small trained head; they come from the pretrained base, so they describe
 # "chest radiograph or not" far more broadly than a head fitted on ~250 images.
-FEATURE_LAYERS: dict[str, str] = {name: spec.feature_layer for name, spec in config.MODELS.items()}
 # The alarm threshold is this quantile of the train folder's out-of-fold distances: about 1%
 # of real chest X-rays like the training ones are expected to raise the alarm.
 DEFAULT_THRESHOLD_QUANTILE = 0.99
@@ -657,14 +656,15 @@ def guard_path(model_name: str, checkpoint_dir: str | os.PathLike | None = None)
 
 
 def feature_layer_name(model, model_name: str | None = None) -> str:
-    """The layer whose output the learned check models (see `FEATURE_LAYERS`).
+    """The layer whose output the learned check models (`ModelSpec.feature_layer`).
 
     Unregistered models fall back to the input of their `predictions` layer.
 
     Raises:
         GuardError: the model has neither the registered layer nor a `predictions` layer.
     """
-    name = FEATURE_LAYERS.get(model_name or "") or FEATURE_LAYERS.get(getattr(model, "name", ""))
+    spec = config.MODELS.get(model_name or "") or config.MODELS.get(getattr(model, "name", ""))
+    name = spec.feature_layer if spec else None
     layer_names = {layer.name for layer in model.layers}
     if name and name in layer_names:
         return name

@@ -8,9 +8,9 @@ one cache folder (`config.resolve_home()`):
    Kaggle serves it (top folder `Covid19-dataset/`) over `file://` / `http(s)://`; checked
    against the known layout and per-class counts before it is moved into place;
 2. the CheXNet base weights (`COVID_XRAY_CHEXNET_SOURCE`, optional `COVID_XRAY_CHEXNET_SHA256`):
-   checked to load as a complete DenseNet121 (`weights.install`) before they are trusted;
+   checked to load as a complete DenseNet121 (`studies.weights.install`) before they are trusted;
 3. the CheXNet head: trained with the shipped recipe (`training.train`, features cached,
-   selected on validation only), then evaluated exactly as `python -m covid_xray.evaluate
+   selected on validation only), then evaluated exactly as `python -m covid_xray.studies.evaluate
    --model chexnet` does; checkpoint and reports are moved into the cache only when both are
    complete (the `.keras` file last: its presence means "done").
 
@@ -375,7 +375,7 @@ class Provisioner:
         return config.resolve_chexnet_weights().exists()
 
     def provision_weights(self) -> None:
-        from covid_xray import weights
+        from covid_xray.studies import weights
 
         target = self.weights_target()
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -413,7 +413,8 @@ class Provisioner:
 
     def provision_head(self) -> None:
         """Train the CheXNet head in a staging folder, evaluate it, then move both into the cache."""
-        from covid_xray import evaluate, training
+        from covid_xray import training
+        from covid_xray.studies import evaluate
 
         home = self.home
         home.mkdir(parents=True, exist_ok=True)
@@ -445,10 +446,11 @@ class Provisioner:
             shutil.rmtree(staging, ignore_errors=True)
 
     def _shortcuts(self, checkpoint: Path, reports: Path) -> None:
-        """The Model report's what-if masks and nearest films across the test set (`covid_xray.shortcuts`)."""
-        from covid_xray import data, shortcuts
+        """The Model report's what-if masks and nearest films across the test set (`studies.shortcuts`)."""
+        from covid_xray import data
         from covid_xray.checkpoints import load_checkpoint
         from covid_xray.preprocessing import checkpoint_mode
+        from covid_xray.studies import shortcuts
 
         model, metadata = load_checkpoint(checkpoint)
         result = shortcuts.compute(

@@ -270,7 +270,7 @@ class AppRuntime:
         return "\n".join(
             [
                 "Download it (needs kagglehub and internet):",
-                "    python -m covid_xray.data download",
+                "    " + config.DOWNLOAD_COMMAND,
                 f"or point {config.DATA_ENV_VAR} at an existing Covid19-dataset folder, or let the app "
                 f"download it on start (set {provision.DATASET_SOURCE_ENV_VAR} for another source; "
                 f"unset {provision.OFFLINE_ENV_VAR}).",

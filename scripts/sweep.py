@@ -6,7 +6,7 @@ whose run folder keeps the kept model's validation predictions. The K validation
 the train folder once, so together they are out-of-fold (OOF) predictions for all 251 train
 images: the score is OOF accuracy and log loss, a selection signal five times larger than
 one 50-image validation split (which the shipped DavidNet classifies 100% correctly, so it
-cannot rank configurations). The test split is never read here: `python -m covid_xray.evaluate`
+cannot rank configurations). The test split is never read here: `python -m covid_xray.studies.evaluate`
 is run once, on the configuration this picks (lowest mean OOF log loss over seeds).
 
     python scripts/sweep.py --out runs/sweep --folds 5 --seeds 1 2 \\

@@ -96,7 +96,7 @@ def _subset_metrics(n: int, accuracy: float) -> dict:
 
 
 def make_reports_dir(path: Path) -> Path:
-    """A reports folder like `python -m covid_xray.evaluate` writes, for both models."""
+    """A reports folder like `python -m covid_xray.studies.evaluate` writes, for both models."""
     for index, name in enumerate(config.MODELS):
         report = path / name
         rows = [(file, true, preds[index], leaked) for file, true, *preds, leaked in GALLERY_ROWS]

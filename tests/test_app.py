@@ -383,12 +383,12 @@ def test_private_files_are_not_served(app_server, data_dir, route):
 def test_report_and_about_tabs_show_calibration_faithfulness_and_shortcuts(
     app_module, runtime_davidnet, predictor_davidnet, data_dir
 ):
-    from covid_xray import calibration, explain_eval
+    from covid_xray import report
 
     demo = app_module.build_demo(runtime_davidnet, data_dir=data_dir)  # the committed reports/
     props = {c.get("props", {}).get("elem_id"): c.get("props", {}) for c in demo.config["components"]}
-    assert props["calibration-davidnet"]["value"] == calibration.calibration_markdown("davidnet")
-    assert props["faithfulness-davidnet"]["value"] == explain_eval.faithfulness_markdown("davidnet")
+    assert props["calibration-davidnet"]["value"] == report.calibration_markdown("davidnet")
+    assert props["faithfulness-davidnet"]["value"] == report.faithfulness_markdown("davidnet")
     assert "temperature" in props["calibration-davidnet"]["value"].lower()
     assert props["shortcuts"]["value"] == props["about-shortcuts"]["value"]
     assert "Grad-CAM puts" in props["shortcuts"]["value"]

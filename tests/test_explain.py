@@ -27,7 +27,7 @@ from covid_xray.explain import (
     heatmap_notes,
     render_overlay,
 )
-from covid_xray.explain_eval import border_mass, border_weights
+from covid_xray.faithfulness import border_mass, border_weights
 from covid_xray.models import build_chexnet, build_davidnet
 
 TINY_SHAPE = (32, 32, 3)

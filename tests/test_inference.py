@@ -159,7 +159,7 @@ def test_chexnet_missing_is_reported_not_raised(predictor_davidnet, missing_weig
     # One line for visitors; the operator's detail has the commands: base weights first, then training.
     assert chexnet.message == "CheXNet is not installed on this server."
     detail = chexnet.detail
-    assert detail.index("python -m covid_xray.weights") < detail.index("python train.py --model chexnet")
+    assert detail.index(config.WEIGHTS_COMMAND) < detail.index("python train.py --model chexnet")
     assert not re.search(r"(^|\s)/\w", detail), detail  # no server paths
     assert str(missing_weights.parent) not in detail
     assert result.to_api_json()["chexnet"] == {
@@ -169,7 +169,7 @@ def test_chexnet_missing_is_reported_not_raised(predictor_davidnet, missing_weig
     }
     assert result.models["davidnet"].available
     panel = detail_markdown(detail)
-    assert "```bash\npip install kagglehub\npython -m covid_xray.weights fetch-kaggle\n```" in panel
+    assert f"```bash\npip install kagglehub\n{config.WEIGHTS_COMMAND} fetch-kaggle\n```" in panel
 
 
 def test_chexnet_message_when_only_the_training_is_missing(tmp_path):
@@ -177,7 +177,7 @@ def test_chexnet_message_when_only_the_training_is_missing(tmp_path):
     weights.write_bytes(b"present")
     predictor = Predictor.from_checkpoints(tmp_path / "empty", weights, warm_up=False)
     detail = predictor.status_detail("chexnet")
-    assert "python train.py --model chexnet" in detail and "covid_xray.weights" not in detail
+    assert "python train.py --model chexnet" in detail and config.WEIGHTS_COMMAND not in detail
     assert "python train.py --model davidnet" in predictor.status_detail("davidnet")
 
 

@@ -143,12 +143,3 @@ def test_wrong_feature_size_and_bad_k_are_refused(model, train_few, tmp_path):
         index.query(index.features[0], k=0)
     with pytest.raises(neighbours.NeighbourError, match="No training images"):
         neighbours.NeighbourIndex.build(model, None, [], "unit", tmp_path)
-
-
-def test_lookup_fits_the_10_ms_budget_at_chexnet_size():
-    # 251 training films x 1024 pooled DenseNet121 features, the larger of the two models.
-    rng = np.random.default_rng(0)
-    features = np.maximum(rng.standard_normal((251, 1024)), 0).astype(np.float32)
-    index = neighbours.NeighbourIndex(features, [f"train/Covid/{i}.jpg" for i in range(251)], ["Covid"] * 251)
-    ms = neighbours.time_lookup(index, n=50)
-    assert 0 < ms < 10.0

@@ -347,7 +347,7 @@ def test_committed_report_files():
 # ---------------------------------------------------------------------------
 def test_shortcut_explainer_quotes_the_committed_numbers():
     """The two paragraphs read their numbers from the committed reports, never from the code."""
-    from covid_xray import explain_eval
+    from covid_xray.report.faithfulness import border_mass_summary
 
     text = report.shortcut_markdown()
     metrics = report.load_metrics("davidnet")
@@ -357,7 +357,7 @@ def test_shortcut_explainer_quotes_the_committed_numbers():
     assert f"{clean['accuracy']:.1%} on the {clean['n']} test images" in text
     leaked = report.load_audit()["leaked_test_files"]
     assert f"{len(leaked)} of the 66 test images" in text
-    mass = explain_eval.border_mass_summary("davidnet")["methods"]["gradcam"]["mean"]
+    mass = border_mass_summary("davidnet")["methods"]["gradcam"]["mean"]
     assert f"DavidNet's Grad-CAM puts {mass:.0%} of its heatmap" in text
     assert "children" in text and text.count("\n\n") == 1  # two paragraphs
     for name, spec in config.MODELS.items():

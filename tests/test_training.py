@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from covid_xray import config
 from covid_xray.config import PROJECT_ROOT
 from covid_xray.training import TrainConfig, _best_weights_callback, _limit_per_class
 
@@ -169,7 +170,7 @@ def test_train_and_evaluate_davidnet_cli(tmp_path, data_dir):
     history = list(csv.DictReader(open(ckpt / "davidnet_history.csv")))
     assert [r["phase"] for r in history] == ["plain", "augmented"]
 
-    args = ["-m", "covid_xray.evaluate", "--model", "davidnet", "--checkpoint", str(ckpt / "davidnet.keras")]
+    args = ["-m", "covid_xray.studies.evaluate", "--model", "davidnet", "--checkpoint", str(ckpt / "davidnet.keras")]
     first = run_cli([*args, "--out", str(out)])
     assert first.returncode == 0, first.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -220,7 +221,7 @@ def test_chexnet_cli_without_weights_says_how_to_fix(tmp_path, data_dir):
         {"COVID_XRAY_CHEXNET_WEIGHTS": str(tmp_path / "nope.h5")},
     )
     assert result.returncode != 0
-    assert "python -m covid_xray.weights" in result.stderr
+    assert config.WEIGHTS_COMMAND in result.stderr
     assert not (tmp_path / "chexnet.keras").exists()
 
 
@@ -257,7 +258,7 @@ def test_train_and_evaluate_chexnet_with_synthetic_weights(tmp_path, data_dir):
     result = run_cli(
         [
             "-m",
-            "covid_xray.evaluate",
+            "covid_xray.studies.evaluate",
             "--model",
             "chexnet",
             "--checkpoint",
@@ -425,7 +426,7 @@ def test_next_hint_names_the_folder_it_saved_to(tmp_path):
     assert "run folder" not in custom
     served = resolve_checkpoint_dir() / "davidnet.keras"
     installed = train.next_hint("davidnet", served, tmp_path / "run", installed=True)
-    assert installed == f"next: python -m covid_xray.evaluate --model davidnet --checkpoint {served}"
+    assert installed == f"next: {config.EVALUATE_COMMAND.format(name='davidnet')} --checkpoint {served}"
 
 
 def test_programmatic_train_saves_where_asked_and_reports_progress(tmp_path, data_dir):

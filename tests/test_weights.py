@@ -1,4 +1,5 @@
-"""CheXNet weights: the published Keras-2 layout, Keras 3 files, typed failures, fetch and CLI."""
+"""CheXNet weights: the published Keras-2 layout, Keras 3 files, typed failures (`covid_xray.weights`);
+fetch, install and the command line (`covid_xray.studies.weights`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import numpy as np
 import pytest
 
 from covid_xray import config
+from covid_xray.hashing import sha256_file
 from covid_xray.models import CHEXNET_BASE_PARAMS, CHEXNET_TRAINABLE_PARAMS, build_chexnet
+from covid_xray.studies.weights import fetch, main
 from covid_xray.weights import (
     FIX_COMMAND,
     FORMAT_KERAS2,
@@ -23,12 +26,9 @@ from covid_xray.weights import (
     WeightsError,
     WeightsNotFoundError,
     detect_format,
-    fetch,
     fix_commands,
     load_chexnet_base_weights,
-    main,
     missing_weights_message,
-    sha256_file,
 )
 from tests.chexnet_fixtures import build_base, random_arrays, set_arrays, write_keras2_chexnet_weights
 
@@ -203,7 +203,7 @@ def test_missing_file_raises_with_the_fix_command(tmp_path, monkeypatch):
     assert f"no file at {missing}." in message
     # Not the default location: the fix must install exactly there.
     assert f"{FIX_COMMAND} --dest {missing}`" in message
-    assert f"python -m covid_xray.weights install FILE --dest {missing}`" in message
+    assert f"{config.WEIGHTS_COMMAND} install FILE --dest {missing}`" in message
     assert "https://github.com/brucechou1983/CheXNet-Keras" in message
     assert fix_commands(missing)[0] == f"{FIX_COMMAND} --dest {missing}"
     assert all(f"--dest {missing}" in command for command in fix_commands(missing))
@@ -325,7 +325,7 @@ def test_cli_check_fails_with_the_message_when_missing(tmp_path, monkeypatch):
     missing = tmp_path / "absent" / "chexnet.h5"
     env = {**os.environ, config.CHEXNET_WEIGHTS_ENV_VAR: str(missing), "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run(
-        [sys.executable, "-m", "covid_xray.weights", "check"],
+        [sys.executable, "-m", "covid_xray.studies.weights", "check"],
         cwd=config.PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -361,8 +361,9 @@ def test_fetch_from_kaggle_installs_a_checked_mirror(tmp_path, monkeypatch, kera
     """The one-command fix: a (fake, offline) kagglehub download is verified, then installed."""
     import types
 
+    from covid_xray.studies.weights import fetch_from_kaggle
     from covid_xray.weights import FIX_COMMAND as ONE_COMMAND
-    from covid_xray.weights import fetch_from_kaggle, missing_weights_message
+    from covid_xray.weights import missing_weights_message
 
     path, _ = keras2_file
     mirror = tmp_path / "kaggle" / "versions" / "1"
@@ -379,7 +380,8 @@ def test_fetch_from_kaggle_installs_a_checked_mirror(tmp_path, monkeypatch, kera
 def test_fetch_from_kaggle_without_an_h5_is_refused(tmp_path, monkeypatch):
     import types
 
-    from covid_xray.weights import WeightsError, fetch_from_kaggle
+    from covid_xray.studies.weights import fetch_from_kaggle
+    from covid_xray.weights import WeightsError
 
     (tmp_path / "empty").mkdir()
     fake = types.SimpleNamespace(dataset_download=lambda h: str(tmp_path / "empty"))

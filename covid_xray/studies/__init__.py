@@ -4,9 +4,9 @@ or the dataset and write it to reports/ (or a checkpoint's sidecar), for `covid_
 | command | writes |
 |---|---|
 | `data download/info/audit` | the dataset; `reports/audit.json` |
-| `evaluate --model M [--data-dir DIR --name NAME]` | `reports/<model>/[NAME/]` metrics, predictions, confusion |
+| `evaluate --model M [--data-dir DIR --name NAME]` | `reports/<model>/[NAME/]`: metrics, predictions |
 | `calibrate fit --model M` | `reports/<model>/calibration.json`, `reliability.png`, the sidecar's T |
-| `oof_calibrate --model M --runs ...` / `oof_calibrate apply` | `calibration_oof.json` + `.png`; the sidecar's T |
+| `oof_calibrate --model M --runs ...`, `oof_calibrate apply` | `calibration_oof.json`, `.png`; the T |
 | `faithfulness --model M` | `reports/<model>/faithfulness.json` + `.png` |
 | `ood fit/measure --model M` | `checkpoints/ood_<model>.json`; `reports/ood.json` |
 | `shortcuts --model M` | `reports/<model>/shortcuts.json` |

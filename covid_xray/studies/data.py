@@ -107,7 +107,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m covid_xray.data`."""
+    """Entry point of `python -m covid_xray.studies.data`."""
     parser = argparse.ArgumentParser(prog=config.DATA_COMMAND, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("download", help="download the Kaggle dataset with kagglehub")

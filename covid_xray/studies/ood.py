@@ -351,7 +351,7 @@ def write_report(result: dict[str, Any], path: str | os.PathLike | None = None) 
             logger.warning("Overwriting unreadable %s", path)
     report.setdefault("models", {})[result["model"]] = result
     report["description"] = (
-        "OOD guard measurement (python -m covid_xray.ood measure): fraction of real chest X-rays "
+        f"OOD guard measurement ({config.OOD_COMMAND} measure): fraction of real chest X-rays "
         "flagged (false alarms: the train folder with out-of-fold feature distances, the official "
         "and leakage-free test, the curated examples, all real images together) and of synthesised "
         "non-X-ray inputs flagged (hits), for the cheap checks, the learned feature-distance check, "

@@ -10,8 +10,8 @@ whether T helps (NLL, ECE, reliability diagram, share of errors made with confid
 
 Command line::
 
-    python -m covid_xray.oof_calibration --model davidnet --runs runs/oof-fold0 ... runs/oof-fold4
-    python -m covid_xray.oof_calibration apply --model davidnet
+    python -m covid_xray.studies.oof_calibrate --model davidnet --runs runs/oof-fold0 ... runs/oof-fold4
+    python -m covid_xray.studies.oof_calibrate apply --model davidnet
 
 The first fits and checks T (nothing applied); `apply` then writes T into the shipped
 checkpoint's sidecar ("calibration" entry, which the app and API apply) only when the report
@@ -38,8 +38,6 @@ import numpy as np
 
 from covid_xray import config
 from covid_xray.calibration import (
-    OOF_IMAGE_FILE,
-    OOF_REPORT_FILE,
     SIDECAR_KEY,
     TEMPERATURE_BOUNDS,
     TEMPERATURE_DECIMALS,
@@ -47,16 +45,17 @@ from covid_xray.calibration import (
     apply_temperature,
     calibration_metrics,
     fit_temperature,
-    plot_reliability,
 )
 from covid_xray.config import CLASS_NAMES
-from covid_xray.evaluate import confident_errors, read_predictions
+from covid_xray.metrics import confident_errors
+from covid_xray.report.files import read_predictions
+from covid_xray.studies.calibrate import plot_reliability
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REPORT_FILE = OOF_REPORT_FILE
-APPLY_COMMAND = "python -m covid_xray.oof_calibration apply --model {name}"
-IMAGE_FILE = OOF_IMAGE_FILE
+REPORT_FILE = config.OOF_CALIBRATION_FILE
+APPLY_COMMAND = config.OOF_APPLY_COMMAND
+IMAGE_FILE = config.OOF_RELIABILITY_FILE
 OOF_COLUMNS = ("file", "true", "predicted", *(f"p_{c}" for c in CLASS_NAMES))
 # Sidecar config keys that do not change the recipe (where files go, which fold, verbosity).
 NON_RECIPE_KEYS = frozenset({"checkpoint_dir", "run_dir", "cv_folds", "cv_fold", "verbose", "data_dir"})
@@ -189,15 +188,15 @@ def kaggle_test_sets(
     name: str, reports_dir: str | os.PathLike | None = None
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Official and leakage-free test (raw probabilities, labels) from reports/<model>/predictions.csv."""
-    path = config.get_model_spec(name).report_dir(reports_dir) / "predictions.csv"
-    if not path.is_file():
-        raise OOFError(
-            f"No test predictions at {path}; run `python -m covid_xray.evaluate --model {name}` first."
-        )
+    path = config.get_model_spec(name).report_dir(reports_dir) / config.PREDICTIONS_FILE
     rows = read_predictions(path)
-    probs = np.array([[r[f"p_{c}"] for c in CLASS_NAMES] for r in rows], dtype=np.float64)
-    labels = np.array([CLASS_NAMES.index(r["true"]) for r in rows], dtype=np.int64)
-    clean = np.array([not r["leaked"] for r in rows])
+    if rows is None:
+        raise OOFError(
+            f"No test predictions at {path}; run `{config.EVALUATE_COMMAND.format(name=name)}` first."
+        )
+    probs = np.array([[r.probabilities[c] for c in CLASS_NAMES] for r in rows], dtype=np.float64)
+    labels = np.array([CLASS_NAMES.index(r.true) for r in rows], dtype=np.int64)
+    clean = np.array([not r.leaked for r in rows])
     return {"official": (probs, labels), "leakage_free": (probs[clean], labels[clean])}
 
 
@@ -332,7 +331,7 @@ def apply(
 
     spec = config.get_model_spec(name)
     path = spec.report_dir(reports_dir) / REPORT_FILE
-    fit_command = f"python -m covid_xray.oof_calibration --model {name} --runs <the fold runs>"
+    fit_command = config.OOF_CALIBRATION_COMMAND.format(name=name)
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -363,7 +362,7 @@ def apply(
     checkpoint = spec.checkpoint_path(checkpoint_dir)
     if not checkpoint.exists():
         raise CheckpointError(
-            f"Checkpoint not found: {checkpoint}. Train it with `python train.py --model {name} --install`."
+            f"Checkpoint not found: {checkpoint}. Train it with `{config.TRAIN_INSTALL_COMMAND.format(name=name)}`."
         )
     metrics_path = spec.report_dir(reports_dir) / "metrics.json"
     try:
@@ -375,7 +374,7 @@ def apply(
         raise NotAppliedError(
             f"Not applied: the test check in {path} used the predictions of the checkpoint evaluated in "
             f"{metrics_path} (sha256 {str(evaluated)[:12]}...), not {checkpoint} ({current[:12]}...). Rerun "
-            f"`python -m covid_xray.evaluate --model {name}` and `{fit_command}`, then apply."
+            f"`{config.EVALUATE_COMMAND.format(name=name)}` and `{fit_command}`, then apply."
         )
     entry = sidecar_entry(report)
     metadata = dict(read_metadata(checkpoint))
@@ -387,11 +386,11 @@ def apply(
 
 
 def apply_main(argv: Sequence[str]) -> int:
-    """`python -m covid_xray.oof_calibration apply --model M`."""
+    """`python -m covid_xray.studies.oof_calibrate apply --model M`."""
     from covid_xray.checkpoints import CheckpointError
 
     parser = argparse.ArgumentParser(
-        prog="python -m covid_xray.oof_calibration apply",
+        prog=f"{config.STUDIES}.oof_calibrate apply",
         description="Write the out-of-fold temperature into the checkpoint's sidecar when it helps on "
         "every test set.",
     )
@@ -415,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["apply"]:
         return apply_main(argv[1:])
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=f"{config.STUDIES}.oof_calibrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
     parser.add_argument("--runs", nargs="+", required=True, help="the k fold run folders")
     parser.add_argument("--data-dir", default=None, help="dataset root (else $COVID_XRAY_DATA)")

@@ -8,8 +8,10 @@ import json
 import keras
 import pytest
 
-from covid_xray import data, neighbours, probe, shortcuts
+from covid_xray import config, data, probe
 from covid_xray.config import CLASS_NAMES, INPUT_SHAPE
+from covid_xray.report.shortcuts import load_shortcuts, shortcuts_markdown
+from covid_xray.studies import shortcuts
 
 LEAKED_TEST = "test/Covid/radiopaedia-2019-novel-coronavirus-infected-pneumonia.jpg"
 ITS_TWIN = "train/Covid/069.jpg"
@@ -49,7 +51,7 @@ def small_run(data_dir, tmp_path_factory):
 def test_schema_and_counts_of_a_small_run(small_run):
     result, _, test_few = small_run
     assert result["model"] == "chexnet" and result["display_name"] == "CheXNet"
-    assert result["command"] == "python -m covid_xray.shortcuts --model chexnet"
+    assert result["command"] == config.SHORTCUTS_COMMAND.format(name="chexnet")
     assert result["feature_layer"] == "features" and result["n_train"] == 7 and result["k"] == 5
     assert set(result["masks"]) == set(probe.MASK_NAMES)
     assert [r["file"] for r in result["images"]] == sorted(s.relpath for s in test_few)
@@ -99,7 +101,7 @@ def test_reruns_are_byte_identical_and_written_where_the_report_reads(small_run,
 def test_markdown_shows_every_mask_and_both_subsets(small_run, tmp_path):
     result, _, _ = small_run
     shortcuts.write(result, tmp_path)
-    md = shortcuts.shortcuts_markdown("chexnet", tmp_path)
+    md = shortcuts_markdown("chexnet", tmp_path)
     assert "CheXNet" in md and "Official test (7)" in md and "Leakage-free test (6)" in md
     for mask in probe.MASKS:
         assert mask.description in md
@@ -109,8 +111,8 @@ def test_markdown_shows_every_mask_and_both_subsets(small_run, tmp_path):
 
 
 def test_markdown_without_a_report_says_how_to_make_it(tmp_path):
-    md = shortcuts.shortcuts_markdown("davidnet", tmp_path)
-    assert "No shortcut report for DavidNet" in md and "python -m covid_xray.shortcuts --model davidnet" in md
+    md = shortcuts_markdown("davidnet", tmp_path)
+    assert "No shortcut report for DavidNet" in md and config.SHORTCUTS_COMMAND.format(name="davidnet") in md
 
 
 def test_the_command_without_a_checkpoint_ends_with_a_message(tmp_path, capsys):
@@ -126,12 +128,12 @@ def test_the_command_without_a_checkpoint_ends_with_a_message(tmp_path, capsys):
 
 
 def test_committed_davidnet_report_matches_this_code():
-    report = shortcuts.load("davidnet")
+    report = load_shortcuts("davidnet")
     assert report is not None, "reports/davidnet/shortcuts.json is missing: run the command"
     assert report["format_version"] == shortcuts.FORMAT_VERSION
     assert set(report["masks"]) == set(probe.MASK_NAMES)
     assert report["subsets"]["official"]["n"] == 66
-    assert report["feature_layer"] == neighbours.FEATURE_LAYERS["davidnet"]
+    assert report["feature_layer"] == config.MODELS["davidnet"].feature_layer
     from covid_xray.checkpoints import read_metadata
     from covid_xray.config import MODELS
 

@@ -1,4 +1,4 @@
-"""Evaluate a trained checkpoint on the test split: `python -m covid_xray.evaluate --model davidnet`.
+"""Evaluate a checkpoint on the test split: `python -m covid_xray.studies.evaluate --model davidnet`.
 
 Writes to `reports/<model>/` (see docs/ARCHITECTURE.md for the formats):
 - metrics.json: accuracy, per-class precision/recall/F1, macro and weighted F1, confusion
@@ -11,20 +11,19 @@ Writes to `reports/<model>/` (see docs/ARCHITECTURE.md for the formats):
 Any labelled folder (a user's own films, one subfolder per class; see
 `covid_xray.datasets_external`)::
 
-    python -m covid_xray.evaluate --model davidnet --data-dir DIR --name NAME [--groups groups.csv]
+    python -m covid_xray.studies.evaluate --model davidnet --data-dir DIR --name NAME [--groups G]
 
 writes the same files to `reports/<model>/<NAME>/` (predictions.csv with a `group` column
 instead of `leaked`), plus ECE/NLL and the share of errors made with confidence >= 0.9 in
 metrics.json, and a per-group breakdown when a `file,group` CSV is given. The leakage-free
 subset is defined by the audit of the Kaggle split only, so such a set has none (metrics.json
-says so). `evaluated_sets(name)` lists every evaluated set of a model, the Kaggle test first.
+says so). `covid_xray.report.files.evaluated_sets(name)` lists every evaluated set of a model.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import os
 import re
@@ -36,58 +35,20 @@ from pathlib import Path
 import numpy as np
 
 from covid_xray import config
+from covid_xray.metrics import calibration_summary, compute_metrics, group_breakdown
 from covid_xray.preprocessing import checkpoint_mode
+from covid_xray.report.files import KAGGLE_SET_KEY
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger(__name__)
 
-PREDICTION_FIELDS = [
-    "file",
-    "true",
-    "predicted",
-    "confidence",
-    *[f"p_{c}" for c in config.CLASS_NAMES],
-    "leaked",
-]
-# predictions.csv of a labelled folder: the group replaces the (Kaggle-only) leakage flag.
-FOLDER_PREDICTION_FIELDS = [*PREDICTION_FIELDS[:-1], "group"]
-# An error made with at least this confidence counts as a confident error (issue #15).
-HIGH_CONFIDENCE = 0.9
-# The Kaggle test split's key in `evaluated_sets`; a labelled folder's NAME may not take it.
-KAGGLE_SET_KEY = "test"
-KAGGLE_SET_TITLE = "Kaggle test split (official and leakage-free)"
+PREDICTION_FIELDS = list(config.PREDICTION_COLUMNS)
+FOLDER_PREDICTION_FIELDS = list(config.FOLDER_PREDICTION_COLUMNS)
 SET_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NO_LEAKAGE_FREE_SUBSET = (
     "not applicable: the leakage-free subset drops Kaggle test images that have a duplicate in "
     "the Kaggle train split (reports/audit.json); this folder was not audited against train."
 )
-
-
-def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    """Accuracy, per-class precision/recall/F1/support, macro/weighted F1, confusion matrix."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
-
-    labels = list(range(config.NUM_CLASSES))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
-    return {
-        "n": int(len(y_true)),
-        "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(config.CLASS_NAMES)
-        },
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        "labels": list(config.CLASS_NAMES),
-    }
 
 
 def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
@@ -155,18 +116,6 @@ def write_predictions(path: Path, samples, probs: np.ndarray, leaked: set[str]) 
             )
 
 
-def read_predictions(path: str | os.PathLike) -> list[dict]:
-    """Read predictions.csv back (probabilities as floats, leaked as bool)."""
-    rows = []
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            for key in ("confidence", *[f"p_{c}" for c in config.CLASS_NAMES]):
-                row[key] = float(row[key])
-            row["leaked"] = row["leaked"] == "1"
-            rows.append(row)
-    return rows
-
-
 def evaluate_model(
     name: str,
     data_dir: str | None = None,
@@ -226,54 +175,6 @@ def evaluate_model(
         shutil.copyfile(history, out / "history.csv")
     log.info("%d test images in %.2f s (%.1f images/s)", len(test), seconds, len(test) / max(seconds, 1e-9))
     return metrics
-
-
-def confident_errors(probs: np.ndarray, labels: np.ndarray, threshold: float = HIGH_CONFIDENCE) -> dict:
-    """Errors, errors made with top-label confidence >= `threshold`, and their share of the errors."""
-    probs = np.asarray(probs, dtype=np.float64).reshape(-1, config.NUM_CLASSES)
-    labels = np.asarray(labels, dtype=np.int64)
-    wrong = probs.argmax(axis=1) != labels
-    sure = wrong & (probs.max(axis=1) >= threshold)
-    errors = int(wrong.sum())
-    return {
-        "threshold": threshold,
-        "errors": errors,
-        "confident_errors": int(sure.sum()),
-        "share": float(sure.sum() / errors) if errors else None,
-    }
-
-
-def calibration_summary(probs: np.ndarray, labels: np.ndarray, temperature: float | None) -> dict:
-    """ECE, NLL, mean confidence and confident-error share of the raw probabilities, and of the
-    calibrated ones when the checkpoint carries an applied temperature (calibration.py's maths)."""
-    from covid_xray.calibration import apply_temperature, calibration_metrics
-
-    stats = calibration_metrics(probs, labels, temperature or 1.0)
-    summary = {"temperature": temperature, "raw": {**stats["before"], **confident_errors(probs, labels)}}
-    if temperature is not None:
-        scaled = apply_temperature(probs, temperature)
-        summary["calibrated"] = {**stats["after"], **confident_errors(scaled, labels)}
-    return summary
-
-
-def group_breakdown(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str]) -> dict:
-    """Per group: n, accuracy, per-class recall (None without a film of that class) and support."""
-    out = {}
-    groups_arr = np.asarray(groups, dtype=object)
-    for group in sorted(set(groups)):
-        mask = groups_arr == group
-        t, p = y_true[mask], y_pred[mask]
-        support = {c: int(np.sum(t == i)) for i, c in enumerate(config.CLASS_NAMES)}
-        out[group] = {
-            "n": int(mask.sum()),
-            "accuracy": float(np.mean(t == p)),
-            "recall": {
-                c: (float(np.mean(p[t == i] == i)) if support[c] else None)
-                for i, c in enumerate(config.CLASS_NAMES)
-            },
-            "support": support,
-        }
-    return out
 
 
 def check_set_name(set_name: str) -> str:
@@ -364,30 +265,10 @@ def evaluate_folder(
     return metrics
 
 
-def evaluated_sets(name: str, reports_dir: str | os.PathLike | None = None) -> list[tuple[str, str, Path]]:
-    """(key, title, folder) of every evaluated set of a model: the Kaggle test split first (key
-    `KAGGLE_SET_KEY`, folder `reports/<model>/`), then each labelled folder by name. Each folder
-    holds metrics.json, predictions.csv and confusion PNGs; sets without a readable metrics.json
-    are left out."""
-    base = config.get_model_spec(name).report_dir(reports_dir)
-    sets: list[tuple[str, str, Path]] = []
-    if (base / "metrics.json").is_file():
-        sets.append((KAGGLE_SET_KEY, KAGGLE_SET_TITLE, base))
-    if base.is_dir():
-        for sub in sorted(p for p in base.iterdir() if p.is_dir()):
-            try:
-                metrics = json.loads((sub / "metrics.json").read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(metrics, dict) and metrics.get("kind") == "labelled_folder":
-                n = metrics.get("subsets", {}).get("all", {}).get("n")
-                sets.append((sub.name, f"{sub.name} (labelled folder, n={n})", sub))
-    return sets
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Evaluate a checkpoint on the official and leakage-free test sets."
+        prog=f"{config.STUDIES}.evaluate",
+        description="Evaluate a checkpoint on the official and leakage-free test sets.",
     )
     parser.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
     parser.add_argument(

@@ -3,12 +3,12 @@ nearest training film shares the image's predicted class versus its true class.
 
 Command line::
 
-    python -m covid_xray.shortcuts --model davidnet [--data-dir D] [--checkpoint-dir C]
-                                   [--reports-dir R] [--cache-dir K]
+    python -m covid_xray.studies.shortcuts --model davidnet [--data-dir D] [--checkpoint-dir C]
+                                           [--reports-dir R] [--cache-dir K]
 
 writes `reports/<model>/shortcuts.json` (sorted keys, rounded floats, no timestamps: a rerun on
-the same checkpoint and data is byte-identical). `shortcuts_markdown(name)` renders it for the
-Model report.
+the same checkpoint and data is byte-identical); `covid_xray.report.shortcuts` renders it for
+the Model report.
 
 Reading it: a mask outside the chest that flips many answers means the model reads the border
 (text, markers, framing) rather than the lungs. A nearest training film that shares the
@@ -21,7 +21,6 @@ predictions.csv); the test split is only read, never used to fit anything.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -34,15 +33,14 @@ from typing import Any
 import numpy as np
 
 from covid_xray import config, data, neighbours, preprocessing, probe
-from covid_xray.config import TEST_SUBSET_TITLES
+from covid_xray.report.files import read_predictions
+from covid_xray.report.shortcuts import shortcuts_markdown
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 logger = logging.getLogger(__name__)
 
-FILENAME = "shortcuts.json"
 FORMAT_VERSION = 1
 DIGITS = 4
-COMMAND = "python -m covid_xray.shortcuts --model {name}"
 
 
 def _r(value: float) -> float:
@@ -77,7 +75,7 @@ def compute(
         cache_dir: the neighbour feature cache.
         twins: leaked test files' copies in train (default `neighbours.audit_twins()`); a test
             image with a copy is "leaked" and left out of the leakage-free subset.
-        feature_layer: None: the model's `neighbours.FEATURE_LAYERS` entry.
+        feature_layer: None: the model's `ModelSpec.feature_layer`.
     """
     spec = config.MODELS.get(model_name)
     display_name = spec.display_name if spec else model_name
@@ -134,7 +132,7 @@ def compute(
         "display_name": display_name,
         "model_sha256": index.checkpoint_sha,
         "dataset_manifest": data.dataset_manifest_hash(all_samples),
-        "command": COMMAND.format(name=model_name),
+        "command": config.SHORTCUTS_COMMAND.format(name=model_name),
         "n_train": len(train_samples),
         "k": int(k),
         "feature_layer": index.feature_layer,
@@ -192,7 +190,7 @@ def report_path(name: str, reports_dir: str | os.PathLike | None = None) -> Path
     """`reports/<model>/shortcuts.json` (unregistered names: `<reports dir>/<name>/`)."""
     spec = config.MODELS.get(name)
     base = spec.report_dir(reports_dir) if spec else config.resolve_reports_dir(reports_dir) / name
-    return base / FILENAME
+    return base / config.SHORTCUTS_FILE
 
 
 def write(result: Mapping[str, Any], reports_dir: str | os.PathLike | None = None) -> Path:
@@ -203,87 +201,22 @@ def write(result: Mapping[str, Any], reports_dir: str | os.PathLike | None = Non
     return path
 
 
-def load(name: str, reports_dir: str | os.PathLike | None = None) -> dict | None:
-    """The committed report of a model, or None when it is missing or unreadable."""
-    path = report_path(name, reports_dir)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _pct(rate: Mapping[str, Any]) -> str:
-    if not rate["n"]:
-        return "n/a"
-    return f"{rate['count']}/{rate['n']} ({rate['rate']:.0%})"
-
-
-def shortcuts_markdown(name: str, reports_dir: str | os.PathLike | None = None) -> str:
-    """The Model report's section: flip rates per mask and subset, nearest-film agreement."""
-    spec = config.MODELS.get(name)
-    display = spec.display_name if spec else name
-    report = load(name, reports_dir)
-    if report is None:
-        return (
-            f"No shortcut report for {display} yet. Compute it with "
-            f"`{COMMAND.format(name=name)}` (needs the trained checkpoint and the dataset)."
-        )
-    subsets = [s for s in TEST_SUBSET_TITLES if s in report["subsets"]]
-    head = " | ".join(f"{TEST_SUBSET_TITLES[s]} ({report['subsets'][s]['n']})" for s in subsets)
-    lines = [
-        f"**What-if masks across the test set ({display}).** How often hiding a region changes "
-        "the answer; mean change of the originally predicted class's probability in brackets.",
-        "",
-        f"| mask | {head} |",
-        "|---|" + "---|" * len(subsets),
-    ]
-    for mask in probe.MASKS:
-        cells = []
-        for s in subsets:
-            m = report["subsets"][s]["masks"][mask.name]
-            cells.append(f"{_pct(m['flips'])} [{m['mean_delta_predicted']:+.3f}]")
-        lines.append(f"| {mask.description} | " + " | ".join(cells) + " |")
-    cells = [_pct(report["subsets"][s]["any_mask_flips"]) for s in subsets]
-    lines.append("| any of these masks | " + " | ".join(cells) + " |")
-    lines.append("")
-    for s in subsets:
-        sub = report["subsets"][s]
-        lines.append(
-            f"- {TEST_SUBSET_TITLES[s]}: the nearest training film has the image's **predicted** "
-            f"class for {_pct(sub['nearest_shares_predicted'])} and its **true** class for "
-            f"{_pct(sub['nearest_shares_true'])}; for the misclassified images it has the "
-            f"predicted class for {_pct(sub['errors_nearest_shares_predicted'])}."
-        )
-    leaked = report["leaked_nearest_is_twin"]
-    if leaked["n"]:
-        lines.append(
-            f"- Leaked test images whose copy in train is their nearest training film: {_pct(leaked)}."
-        )
-    lines += [
-        "",
-        f"Masking: {report['fill']}. Nearest films: {report['distance']} of layer "
-        f"`{report['feature_layer']}`, over {report['n_train']} training images. "
-        f"Computed by `{report['command']}`.",
-    ]
-    return "\n".join(lines)
-
-
 def _check_against_predictions(result: Mapping[str, Any], reports_dir) -> str | None:
     """ "predicted classes agree with predictions.csv on n/N", or None without the file."""
-    path = report_path(result["model"], reports_dir).with_name("predictions.csv")
-    if not path.exists():
+    path = report_path(result["model"], reports_dir).with_name(config.PREDICTIONS_FILE)
+    rows = read_predictions(path)
+    if rows is None:
         return None
-    with path.open(newline="", encoding="utf-8") as handle:
-        expected = {row["file"]: row["predicted"] for row in csv.DictReader(handle)}
+    expected = {row.file: row.predicted for row in rows}
     rows = [r for r in result["images"] if r["file"] in expected]
     same = sum(expected[r["file"]] == r["predicted"] for r in rows)
     return f"predicted classes agree with {path.name} on {same}/{len(rows)} images"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m covid_xray.shortcuts`."""
+    """Entry point of `python -m covid_xray.studies.shortcuts`."""
     parser = argparse.ArgumentParser(
-        prog="python -m covid_xray.shortcuts", description=__doc__.split("\n\n")[0]
+        prog=f"{config.STUDIES}.shortcuts", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
     parser.add_argument("--data-dir", default=None, help=f"dataset root (default ${config.DATA_ENV_VAR})")

@@ -9,18 +9,8 @@ import numpy as np
 import pytest
 
 from covid_xray import config
-from covid_xray.evaluate import PREDICTION_FIELDS, compute_metrics, evaluate_model, read_predictions
-
-
-def test_metrics_on_a_known_confusion():
-    y_true = np.array([0, 0, 0, 1, 1, 2, 2, 2])
-    y_pred = np.array([0, 0, 1, 1, 1, 2, 1, 2])
-    m = compute_metrics(y_true, y_pred)
-    assert m["n"] == 8 and m["accuracy"] == pytest.approx(6 / 8)
-    assert m["confusion_matrix"] == [[2, 1, 0], [0, 2, 0], [0, 1, 2]]
-    assert m["per_class"]["Normal"]["precision"] == pytest.approx(2 / 4)
-    assert m["per_class"]["Covid"]["recall"] == pytest.approx(2 / 3)
-    assert m["per_class"]["Viral Pneumonia"]["support"] == 3
+from covid_xray.report.files import evaluated_sets, read_predictions
+from covid_xray.studies.evaluate import PREDICTION_FIELDS, evaluate_model, main
 
 
 def test_prediction_columns_are_the_documented_ones():
@@ -38,23 +28,24 @@ def test_prediction_columns_are_the_documented_ones():
 
 @pytest.mark.slow
 def test_committed_checkpoint_reproduces_committed_predictions(tmp_path, data_dir):
-    """`python -m covid_xray.evaluate --model davidnet` gives the committed predictions.csv exactly."""
+    """`studies.evaluate --model davidnet` reproduces the committed predictions.csv (see below)."""
     spec = config.get_model_spec("davidnet")
     committed = spec.report_dir() / "predictions.csv"
     metrics = evaluate_model("davidnet", data_dir=str(data_dir), out_dir=str(tmp_path))
     # Same rows, same classes; probabilities equal to the 6 decimals written, up to one unit in the
     # last place (oneDNN's float sums can round differently with another thread layout).
     new_rows, old_rows = read_predictions(tmp_path / "predictions.csv"), read_predictions(committed)
-    assert [(r["file"], r["true"], r["predicted"], r["leaked"]) for r in new_rows] == [
-        (r["file"], r["true"], r["predicted"], r["leaked"]) for r in old_rows
+    assert [(r.file, r.true, r.predicted, r.leaked) for r in new_rows] == [
+        (r.file, r.true, r.predicted, r.leaked) for r in old_rows
     ]
     for new, old in zip(new_rows, old_rows, strict=True):
-        for key in ("confidence", *[f"p_{c}" for c in config.CLASS_NAMES]):
-            assert float(new[key]) == pytest.approx(float(old[key]), abs=1.5e-6), (new["file"], key)
+        assert new.confidence == pytest.approx(old.confidence, abs=1.5e-6), new.file
+        for c in config.CLASS_NAMES:
+            assert new.probabilities[c] == pytest.approx(old.probabilities[c], abs=1.5e-6), (new.file, c)
     saved = json.loads((spec.report_dir() / "metrics.json").read_text())
     assert metrics["subsets"] == saved["subsets"]
     rows = read_predictions(committed)
-    assert len(rows) == 66 and sum(r["leaked"] for r in rows) == 9
+    assert len(rows) == 66 and sum(r.leaked for r in rows) == 9
     # The committed checkpoint was selected on validation, never on test.
     meta = json.loads(spec.checkpoint_path().with_suffix(".json").read_text())
     assert meta["protocol"] == "default" and meta["selection"] == "validation split of train"
@@ -115,8 +106,8 @@ def _renamed_test_folder(tmp_path, data_dir):
     with open(tmp_path / "groups.csv", "w") as handle:
         handle.write("file,group\n")
         for row in rows:
-            source = data_dir / row["file"]
-            target = folder / RENAMED[row["true"]] / source.name
+            source = data_dir / row.file
+            target = folder / RENAMED[row.true] / source.name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(source.resolve())
             handle.write(f"{RENAMED[row['true']]}/{source.name},{'leaked' if row['leaked'] else 'clean'}\n")
@@ -125,7 +116,6 @@ def _renamed_test_folder(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_a_renamed_copy_of_the_test_split_reproduces_the_committed_metrics(tmp_path, data_dir):
-    from covid_xray.evaluate import evaluated_sets, main
 
     folder, groups, rows = _renamed_test_folder(tmp_path, data_dir)
     out = tmp_path / "reports" / "davidnet" / "renamed-test"
@@ -159,8 +149,8 @@ def test_a_renamed_copy_of_the_test_split_reproduces_the_committed_metrics(tmp_p
     # Calibration statistics of the raw probabilities, from calibration.py's maths.
     from covid_xray.calibration import expected_calibration_error
 
-    probs = np.array([[r[f"p_{c}"] for c in config.CLASS_NAMES] for r in rows])
-    labels = np.array([config.CLASS_NAMES.index(r["true"]) for r in rows])
+    probs = np.array([[r.probabilities[c] for c in config.CLASS_NAMES] for r in rows])
+    labels = np.array([config.CLASS_NAMES.index(r.true) for r in rows])
     raw = metrics["calibration"]["raw"]
     assert raw["ece"] == pytest.approx(expected_calibration_error(probs, labels), abs=1e-4)
     assert raw["errors"] == 66 - round(saved["official"]["accuracy"] * 66)
@@ -180,7 +170,6 @@ def test_a_renamed_copy_of_the_test_split_reproduces_the_committed_metrics(tmp_p
 
 
 def test_unknown_class_folders_are_refused_with_the_accepted_names(tmp_path, capsys):
-    from covid_xray.evaluate import main
 
     for name in ("covid", "Pneumonia", "xrays-misc"):
         (tmp_path / name).mkdir()
@@ -194,7 +183,6 @@ def test_unknown_class_folders_are_refused_with_the_accepted_names(tmp_path, cap
 
 
 def test_name_is_checked_and_needs_a_folder(tmp_path, capsys):
-    from covid_xray.evaluate import main
 
     (tmp_path / "normal").mkdir()
     assert main(["--data-dir", str(tmp_path), "--name", "../escape"]) == 2

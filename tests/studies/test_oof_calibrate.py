@@ -9,8 +9,9 @@ import re
 import numpy as np
 import pytest
 
+from covid_xray import config
 from covid_xray.config import CLASS_NAMES
-from covid_xray.oof_calibration import OOFError, oof_calibration, read_oof_predictions, run
+from covid_xray.studies.oof_calibrate import OOFError, oof_calibration, read_oof_predictions, run
 
 
 def _overconfident(rng, n, sharpness=3.0):
@@ -158,7 +159,7 @@ def _files(shipped):
 
 def test_apply_writes_exactly_the_entry_and_marks_the_report(shipped):
     from covid_xray.calibration import temperature_from_metadata
-    from covid_xray.oof_calibration import main
+    from covid_xray.studies.oof_calibrate import main
 
     assert main(shipped["argv"]) == 0
     sidecar = json.loads((shipped["checkpoints"] / "davidnet.json").read_text())
@@ -182,7 +183,7 @@ def test_apply_writes_exactly_the_entry_and_marks_the_report(shipped):
 
 
 def test_apply_refuses_when_the_report_says_it_does_not_help(shipped, capsys):
-    from covid_xray.oof_calibration import main
+    from covid_xray.studies.oof_calibrate import main
 
     report = shipped["report"]
     official = report["sets"]["official"]
@@ -199,7 +200,7 @@ def test_apply_refuses_when_the_report_says_it_does_not_help(shipped, capsys):
 
 
 def test_apply_refuses_test_predictions_of_another_checkpoint(shipped, capsys):
-    from covid_xray.oof_calibration import main
+    from covid_xray.studies.oof_calibrate import main
 
     (shipped["reports"] / "davidnet" / "metrics.json").write_text(json.dumps({"checkpoint_sha256": "0" * 64}))
     before = _files(shipped)
@@ -209,13 +210,13 @@ def test_apply_refuses_test_predictions_of_another_checkpoint(shipped, capsys):
 
 
 def test_markdown_shows_the_applied_temperature_and_the_confident_errors(shipped):
-    from covid_xray.calibration import calibration_markdown, reliability_image_path
-    from covid_xray.oof_calibration import main
+    from covid_xray.report.calibration import calibration_markdown, reliability_image_path
+    from covid_xray.studies.oof_calibrate import main
 
     folder = shipped["reports"] / "davidnet"
     text = calibration_markdown("davidnet", shipped["reports"])
     assert "out-of-fold temperature not applied" in text
-    assert "python -m covid_xray.oof_calibration apply --model davidnet" in text
+    assert config.OOF_APPLY_COMMAND.format(name="davidnet") in text
     # The figure beside the text is the served temperature's: the validation fit until applied.
     assert reliability_image_path("davidnet", shipped["reports"]) == folder / "reliability.png"
     assert main(shipped["argv"]) == 0
