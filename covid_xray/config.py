@@ -71,6 +71,16 @@ HOME_ENV_VAR = "COVID_XRAY_HOME"
 # Hugging Face Spaces mount persistent storage at /data (when the Space has it).
 SPACES_PERSISTENT_DIR = Path("/data")
 
+# First-start provisioning's settings (covid_xray.provision.Settings reads them): where the
+# dataset and the CheXNet weights come from, the weights' expected sha256, "1" = never download,
+# and changes to the head's training recipe as KEY=VALUE `TrainConfig` fields (e.g. a tiny budget
+# in tests; empty = the shipped recipe).
+DATASET_SOURCE_ENV_VAR = "COVID_XRAY_DATASET_SOURCE"
+CHEXNET_SOURCE_ENV_VAR = "COVID_XRAY_CHEXNET_SOURCE"
+CHEXNET_SHA256_ENV_VAR = "COVID_XRAY_CHEXNET_SHA256"
+OFFLINE_ENV_VAR = "COVID_XRAY_OFFLINE"
+HEAD_TRAIN_ARGS_ENV_VAR = "COVID_XRAY_HEAD_TRAIN_ARGS"
+
 CHEXNET_WEIGHTS_ENV_VAR = "COVID_XRAY_CHEXNET_WEIGHTS"
 DEFAULT_CHEXNET_WEIGHTS = CHECKPOINT_DIR / "chexnet_base.h5"
 # The public Keras port of CheXNet (brucechou1983/CheXNet-Keras, release 0.3.0).

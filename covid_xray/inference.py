@@ -203,9 +203,7 @@ def unavailable_detail(name: str, checkpoint: Path, weights_path=None, error: st
 
     Lines indented by 4 spaces are commands (`detail_markdown` makes them code blocks).
     """
-    from covid_xray.provision import OFFLINE_ENV_VAR
-
-    train = f"    python train.py --model {name} --install"
+    train = "    " + config.TRAIN_INSTALL_COMMAND.format(name=name)
     if checkpoint.exists():
         return f"The checkpoint did not load: {scrub_paths(error)}\nRetrain and install it:\n{train}"
     lines = ["No trained checkpoint. Train and install it:", train]
@@ -223,7 +221,7 @@ def unavailable_detail(name: str, checkpoint: Path, weights_path=None, error: st
             "    " + config.EVALUATE_COMMAND.format(name="chexnet"),
         ]
     lines += [
-        f"Or start the app with internet access and without {OFFLINE_ENV_VAR}=1: it downloads and "
+        f"Or start the app with internet access and without {config.OFFLINE_ENV_VAR}=1: it downloads and "
         "trains what is missing by itself."
     ]
     return "\n".join(lines)

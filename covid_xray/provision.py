@@ -25,7 +25,6 @@ terminal. The messages in `Status` are for visitors: no server paths.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shlex
@@ -33,30 +32,26 @@ import shutil
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from covid_xray import config
+from covid_xray.downloads import DownloadError, download
 
 logger = logging.getLogger(__name__)
 
-DATASET_SOURCE_ENV_VAR = "COVID_XRAY_DATASET_SOURCE"
-CHEXNET_SOURCE_ENV_VAR = "COVID_XRAY_CHEXNET_SOURCE"
-CHEXNET_SHA256_ENV_VAR = "COVID_XRAY_CHEXNET_SHA256"
-OFFLINE_ENV_VAR = "COVID_XRAY_OFFLINE"
-# Changes to the head's training recipe on first start, as KEY=VALUE `TrainConfig` fields
-# (e.g. a tiny budget in tests); empty = the shipped recipe.
-HEAD_TRAIN_ARGS_ENV_VAR = "COVID_XRAY_HEAD_TRAIN_ARGS"
+# The settings' environment variables (named in config, their one home).
+DATASET_SOURCE_ENV_VAR = config.DATASET_SOURCE_ENV_VAR
+CHEXNET_SOURCE_ENV_VAR = config.CHEXNET_SOURCE_ENV_VAR
+CHEXNET_SHA256_ENV_VAR = config.CHEXNET_SHA256_ENV_VAR
+OFFLINE_ENV_VAR = config.OFFLINE_ENV_VAR
+HEAD_TRAIN_ARGS_ENV_VAR = config.HEAD_TRAIN_ARGS_ENV_VAR
 DEFAULT_DATASET_SOURCE = f"kaggle:{config.KAGGLE_DATASET}"
 DEFAULT_CHEXNET_SOURCE = f"kaggle:{config.CHEXNET_KAGGLE_DATASET}"
-DOWNLOAD_TIMEOUT_S = 60
 # A dataset archive larger than this when unpacked is refused (the real one is about 0.1 GB).
 MAX_UNPACKED_BYTES = 4 << 30
-_CHUNK = 1 << 20
 
 STEPS = ("dataset", "weights", "head")
 STEP_TITLES = {"dataset": "dataset", "weights": "CheXNet weights", "head": "CheXNet head"}
@@ -194,50 +189,8 @@ class Status:
 
 
 # ---------------------------------------------------------------------------
-# Downloads.
+# Downloads (the loop itself: covid_xray.downloads).
 # ---------------------------------------------------------------------------
-ProgressFn = Callable[[float, float], None]  # (done, total) in bytes
-
-
-def download(
-    url: str,
-    dest: Path,
-    *,
-    progress: ProgressFn | None = None,
-    timeout: float = DOWNLOAD_TIMEOUT_S,
-    title: str = "download",
-) -> str:
-    """Download `url` (http(s) or file://) to `dest`, returning the file's sha256.
-
-    A response shorter than its Content-Length (a broken connection) is an error.
-
-    Raises:
-        ProvisionError: HTTP error, network error or truncated body (`dest` may hold a part:
-            the caller removes it).
-    """
-    from tqdm import tqdm
-
-    digest, received = hashlib.sha256(), 0
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            with tqdm(total=total or None, unit="B", unit_scale=True, desc=title, leave=False) as bar:
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-                    if progress:
-                        progress(received, total)
-    except urllib.error.HTTPError as exc:
-        raise ProvisionError(f"the server answered HTTP {exc.code} ({exc.reason})") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ProvisionError(f"the download failed ({reason})") from exc
-    if total and received != total:
-        raise ProvisionError(f"the download was cut short ({received} of {total} bytes)")
-    return digest.hexdigest()
-
 
 def kaggle_download(handle: str) -> Path:
     """Download a Kaggle dataset with kagglehub (its own cache) and return its folder.
@@ -492,7 +445,10 @@ class Provisioner:
         def progress(done: float, total: float) -> None:
             self.status.set(step, done=_mb(done), total=_mb(total))
 
-        return download(url, dest, progress=progress, title=STEP_TITLES[step])
+        try:
+            return download(url, dest, progress=progress, title=STEP_TITLES[step])
+        except DownloadError as exc:
+            raise ProvisionError(str(exc)) from exc
 
     def run(self) -> Status:
         """Take every step that is needed, in order; never raises (failures go to the status)."""

@@ -223,7 +223,7 @@ def fit_model(
 
     # Test probabilities: exactly the committed evaluation of this very checkpoint.
     report_dir = spec.report_dir(reports_dir)
-    predictions = report_dir / "predictions.csv"
+    predictions = report_dir / config.PREDICTIONS_FILE
     test_probs, test_labels, leaked, test_files = _test_predictions(predictions, name)
     evaluated = evaluated_checkpoint_sha256(name, reports_dir)
     current = sha256_file(checkpoint)

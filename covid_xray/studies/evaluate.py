@@ -161,18 +161,18 @@ def evaluate_model(
         "subsets": subsets,
         "paper_accuracy": spec.paper_accuracy,
     }
-    write_json(out / "metrics.json", metrics)
-    write_predictions(out / "predictions.csv", test, probs, leaked)
+    write_json(out / config.METRICS_FILE, metrics)
+    write_predictions(out / config.PREDICTIONS_FILE, test, probs, leaked)
     for key, sub in subsets.items():
         plot_confusion(
             sub["confusion_matrix"],
             f"{spec.display_name}, {config.TEST_SUBSET_TITLES[key].lower()}\n"
             f"n={sub['n']}, accuracy {sub['accuracy']:.3f}",
-            out / f"confusion_{key}.png",
+            out / config.CONFUSION_FILE.format(subset=key),
         )
     history = ckpt.with_name(f"{name}_history.csv")
     if history.exists():
-        shutil.copyfile(history, out / "history.csv")
+        shutil.copyfile(history, out / config.HISTORY_FILE)
     log.info("%d test images in %.2f s (%.1f images/s)", len(test), seconds, len(test) / max(seconds, 1e-9))
     return metrics
 
@@ -239,8 +239,8 @@ def evaluate_folder(
         "groups_file": str(Path(groups_csv).expanduser().resolve()) if groups_csv else None,
         "groups": group_breakdown(y_true, y_pred, group_list) if groups_csv else None,
     }
-    write_json(out / "metrics.json", metrics)
-    with open(out / "predictions.csv", "w", newline="") as handle:
+    write_json(out / config.METRICS_FILE, metrics)
+    with open(out / config.PREDICTIONS_FILE, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(FOLDER_PREDICTION_FIELDS)
         for im, p, group in zip(images, probs, group_list, strict=True):
@@ -259,7 +259,7 @@ def evaluate_folder(
     plot_confusion(
         sub["confusion_matrix"],
         f"{spec.display_name}, {set_name}\nn={sub['n']}, accuracy {sub['accuracy']:.3f}",
-        out / "confusion_all.png",
+        out / config.CONFUSION_FILE.format(subset="all"),
     )
     log.info("%d images in %.2f s (%.1f images/s)", len(images), seconds, len(images) / max(seconds, 1e-9))
     return metrics

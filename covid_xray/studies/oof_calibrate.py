@@ -364,7 +364,7 @@ def apply(
         raise CheckpointError(
             f"Checkpoint not found: {checkpoint}. Train it with `{config.TRAIN_INSTALL_COMMAND.format(name=name)}`."
         )
-    metrics_path = spec.report_dir(reports_dir) / "metrics.json"
+    metrics_path = spec.report_dir(reports_dir) / config.METRICS_FILE
     try:
         evaluated = json.loads(metrics_path.read_text(encoding="utf-8")).get("checkpoint_sha256")
     except (OSError, ValueError, AttributeError):

@@ -14,17 +14,15 @@ a model: `covid_xray.weights`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import shutil
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from covid_xray import config
+from covid_xray.downloads import DownloadError, download
 from covid_xray.hashing import sha256_file
 from covid_xray.weights import (
     CHEXNET_KAGGLE_DATASET,
@@ -40,7 +38,6 @@ from covid_xray.weights import (
 logger = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT_S = 60
-_CHUNK = 1 << 20
 
 
 def verify_weights_file(path: str | os.PathLike | None = None) -> LoadReport:
@@ -98,15 +95,11 @@ def fetch(
         raise WeightsError(f"Unsupported URL scheme {scheme!r} in {url!r}; use https:// or file://.")
     final, tmp = _atomic_target(dest)
     try:
-        digest = hashlib.sha256()
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-        except (urllib.error.URLError, OSError) as exc:
-            raise WeightsError(f"Could not download {url}: {exc}") from exc
-        _check_hash(digest.hexdigest(), sha256, url)
+        try:  # the one download loop (first-start provisioning uses it too)
+            digest = download(url, tmp, timeout=timeout, title="CheXNet weights")
+        except DownloadError as exc:
+            raise WeightsError(f"Could not download {url}: {exc}.") from exc
+        _check_hash(digest, sha256, url)
         if verify_structure:
             verify_weights_file(tmp)
         os.replace(tmp, final)
