@@ -155,8 +155,11 @@ def example_source(index: int, examples_file=None, data_dir=None) -> tuple[str, 
     return str(report.resolve_dataset_file(example.file, data_dir)), example.answer_markdown()
 
 
-def refresh_gallery(name, true_class, predicted_class, subset, mode, reports_dir=None, data_dir=None) -> list:
+def refresh_gallery(
+    name, true_class, predicted_class, subset, mode, film_set=None, reports_dir=None, data_dir=None
+) -> list:
     """Values for [gallery, cases state, status] after a filter change."""
+    film_set = film_set or report.KAGGLE_SET_KEY
     try:
         cases = report.find_cases(
             name,
@@ -165,21 +168,21 @@ def refresh_gallery(name, true_class, predicted_class, subset, mode, reports_dir
             subset=subset,
             mode=mode,
             reports_dir=reports_dir,
+            film_set=film_set,
         )
     except report.ReportError as exc:  # a broken report file must not take the app down
         logger.error("Error gallery unavailable: %s", exc)
         return [[], [], "The evaluation outputs on this server cannot be read, so the gallery is empty."]
-    items, shown = (
-        report.gallery_items(cases, name, data_dir) if report.data_available(data_dir) else ([], [])
-    )
-    status = report.gallery_status(cases, name, len(items), mode, data_dir, reports_dir)
+    readable = film_set != report.KAGGLE_SET_KEY or report.data_available(data_dir)
+    items, shown = report.gallery_items(cases, name, data_dir) if readable else ([], [])
+    status = report.gallery_status(cases, name, len(items), mode, data_dir, reports_dir, film_set)
     return [items, shown, status]
 
 
 def open_case(runtime: AppRuntime, cases: list, index: int, method: str, alpha: float, data_dir=None) -> list:
     """Values for [details, large image, (summary, label, overlay) per model] of one gallery case."""
     case = cases[index]
-    path = report.resolve_dataset_file(case.file, data_dir)
+    path = case.path(data_dir)
     try:
         result = runtime.predictor.predict(str(path), method=method, alpha=alpha)
     except (OSError, ImageDecodeError) as exc:
@@ -734,7 +737,16 @@ def build_demo(
             )
             # Without the test images the filters, thumbnails and case view have nothing to show.
             gallery_body = gr.Column(visible=data_ready(), elem_id="gallery-body")
+            film_sets = report.film_sets(reports_dir)
             with gallery_body, gr.Row():
+                # The Kaggle test split, and each labelled folder evaluated with `evaluate --data-dir`.
+                g_set = gr.Dropdown(
+                    [(title, key) for key, title in film_sets],
+                    value=report.KAGGLE_SET_KEY,
+                    label="Films",
+                    visible=len(film_sets) > 1,
+                    elem_id="gallery-set",
+                )
                 g_model = gr.Dropdown(model_choices, value=next(iter(MODELS)), label="Model")
                 g_true = gr.Dropdown(class_choices, value=ANY, label="True class")
                 g_pred = gr.Dropdown(class_choices, value=ANY, label="Predicted class")
@@ -746,7 +758,7 @@ def build_demo(
                     [(v, k) for k, v in report.GALLERY_MODES.items()], value="misclassified", label="Show"
                 )
             initial = refresh_gallery(
-                next(iter(MODELS)), ANY, ANY, "official", "misclassified", reports_dir, data_dir
+                next(iter(MODELS)), ANY, ANY, "official", "misclassified", None, reports_dir, data_dir
             )
             with gallery_body:
                 g_status = gr.Markdown(initial[2], elem_id="gallery-status")
@@ -773,7 +785,14 @@ def build_demo(
                     gallery_columns = _model_columns(runtime, "gallery")
                     gallery_tools = _shortcut_tools("gallery")
             g_selected = gr.State(None)  # index of the opened case in g_cases
-            filters = [g_model, g_true, g_pred, g_subset, g_mode]
+            filters = [g_model, g_true, g_pred, g_subset, g_mode, g_set]
+            # The leakage-free subset exists for the Kaggle split only (the audit is of its train).
+            g_set.change(
+                lambda key: gr.update(visible=key == report.KAGGLE_SET_KEY),
+                g_set,
+                g_subset,
+                api_visibility="private",
+            )
             for control in filters:
                 control.change(
                     lambda *values: [
@@ -797,7 +816,7 @@ def build_demo(
             def on_case_tools(cases, index):
                 if index is None or index >= len(cases):
                     return shortcut_values(runtime, None)
-                return shortcut_values(runtime, str(report.resolve_dataset_file(cases[index].file, data_dir)))
+                return shortcut_values(runtime, str(cases[index].path(data_dir)))
 
             gallery_tools.button.click(
                 on_case_tools, [g_cases, g_selected], gallery_tools.outputs, **model_event

@@ -121,12 +121,12 @@ def test_example_source(app_module, data_dir):
 
 def test_gallery_handlers(app_module, runtime_davidnet, predictor_davidnet, reports_dir, data_dir):
     items, cases, status = app_module.refresh_gallery(
-        "davidnet", app_module.ANY, app_module.ANY, "official", "misclassified", reports_dir, data_dir
+        "davidnet", app_module.ANY, app_module.ANY, "official", "misclassified", None, reports_dir, data_dir
     )
     assert len(items) == len(cases) == 3 and status == "3 test images match."
     assert items[0][1] == "COVID-19 > Normal (80.0%)"  # confidence as the model columns show it
     items, cases, _ = app_module.refresh_gallery(
-        "davidnet", "Normal", app_module.ANY, "official", "both_wrong", reports_dir, data_dir
+        "davidnet", "Normal", app_module.ANY, "official", "both_wrong", None, reports_dir, data_dir
     )
     assert [c.file for c in cases] == ["test/Normal/0103.jpeg"]
     details, image, *model_values = app_module.open_case(runtime_davidnet, cases, 0, "gradcam", 0.3, data_dir)
@@ -164,7 +164,7 @@ def test_broken_committed_files_do_not_take_the_app_down(
     broken.parent.mkdir()
     broken.write_text("file,true\ntest/Covid/0100.jpeg,Covid\n")
     items, cases, status = app_module.refresh_gallery(
-        "davidnet", app_module.ANY, app_module.ANY, "official", "misclassified", tmp_path, data_dir
+        "davidnet", app_module.ANY, app_module.ANY, "official", "misclassified", None, tmp_path, data_dir
     )
     assert (items, cases) == ([], []) and "cannot be read" in status
     examples = tmp_path / "examples.csv"

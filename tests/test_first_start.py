@@ -186,6 +186,26 @@ def _same_chexnet_message_on_every_tab(page, message: str, tabs) -> None:
         expect(column).to_have_text(message)
 
 
+def _no_curated_example_is_flagged(page) -> None:
+    """The shipped DavidNet and its input guard, as a visitor meets them: no curated example (all
+    real chest X-rays from the test split) gets the "may not be a chest X-ray" warning."""
+    from playwright.sync_api import expect
+
+    from covid_xray import report
+
+    curated = report.load_examples()
+    examples = page.locator("#examples img")
+    expect(examples.first).to_be_visible()
+    assert examples.count() == len(curated) >= 6
+    for i, example in enumerate(curated):
+        examples.nth(i).scroll_into_view_if_needed()
+        examples.nth(i).click()
+        expect(page.locator("#answer")).to_contain_text(example.file)
+        expect(page.locator("#diagnose-davidnet-summary")).to_contain_text("Grad-CAM")
+        warning = page.locator("#input-check").inner_text()
+        assert "may not be a frontal chest X-ray" not in warning, (example.file, warning)
+
+
 def test_without_internet_the_tabs_say_the_images_are_missing_and_show_no_empty_boxes(tmp_path_factory):
     from playwright.sync_api import expect
 
@@ -216,6 +236,7 @@ def test_a_failed_chexnet_download_reads_the_same_on_every_tab(tmp_path_factory,
     ) as (page, errors, app):
         message = _wait_until_settled(page, app)
         assert "weights" in message and "being prepared" not in message
+        _no_curated_example_is_flagged(page)
         _same_chexnet_message_on_every_tab(
             page, message, [("Error gallery", "gallery"), ("Quiz", "quiz"), ("Diagnose", "diagnose")]
         )

@@ -22,6 +22,7 @@ from covid_xray.report.evaluation import (
 )
 from covid_xray.report.faithfulness import faithfulness_image_path, faithfulness_markdown
 from covid_xray.report.files import (
+    KAGGLE_SET_KEY,
     ReportError,
     evaluated_sets,
     leaked_test_files,
@@ -39,6 +40,7 @@ from covid_xray.report.gallery import (
     THUMBNAIL_SIDE,
     data_available,
     example_gallery,
+    film_sets,
     find_cases,
     gallery_items,
     gallery_status,
@@ -51,6 +53,7 @@ from covid_xray.report.shortcuts import shortcut_markdown, shortcuts_markdown
 
 __all__ = [
     "CONFOUNDS_MARKDOWN",
+    "KAGGLE_SET_KEY",
     "GALLERY_MODES",
     "SUBSETS",
     "THUMBNAIL_SIDE",
@@ -62,6 +65,7 @@ __all__ = [
     "evaluated_sets",
     "example_gallery",
     "external_sets_markdown",
+    "film_sets",
     "faithfulness_image_path",
     "faithfulness_markdown",
     "find_cases",

@@ -14,7 +14,17 @@ import numpy as np
 
 from covid_xray import config, imaging
 from covid_xray.config import CLASS_DISPLAY_NAMES, CLASS_NAMES, MODELS
-from covid_xray.report.files import PredictionRow, ReportError, load_predictions, stamp
+from covid_xray.report.files import (
+    KAGGLE_SET_KEY,
+    KAGGLE_SET_TITLE,
+    PredictionRow,
+    ReportError,
+    evaluated_sets,
+    load_predictions,
+    read_json,
+    read_predictions,
+    stamp,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,13 +160,25 @@ class GalleryCase:
     true: str
     leaked: bool
     by_model: dict[str, PredictionRow] = field(hash=False)
+    # The folder `file` is relative to: "" for the Kaggle dataset (`config.resolve_data_dir`), else
+    # the labelled folder an evaluation recorded (`evaluate --data-dir DIR --name NAME`).
+    root: str = ""
+    set_name: str = ""
+    group: str = ""
 
     def caption(self, name: str) -> str:
         return self.by_model[name].caption()
 
+    def path(self, data_dir: str | os.PathLike | None = None) -> Path:
+        """The image on disk, kept inside its root (`ReportError` otherwise)."""
+        return resolve_dataset_file(self.file, self.root or data_dir)
+
     def details_markdown(self) -> str:
-        """File, truth, subset and the committed prediction of every model."""
-        subset = "leaked: a copy is in train" if self.leaked else "leakage-free"
+        """File, truth, subset (or the labelled folder's group) and every model's evaluation."""
+        if self.set_name:
+            subset = f"your films: {self.set_name}" + (f", group {self.group}" if self.group else "")
+        else:
+            subset = "leaked: a copy is in train" if self.leaked else "leakage-free"
         lines = [f"**{self.file}**: true label **{CLASS_DISPLAY_NAMES[self.true]}** ({subset})"]
         for name, row in self.by_model.items():
             verdict = "correct" if row.correct else "wrong"
@@ -175,26 +197,31 @@ def find_cases(
     subset: str = "official",
     mode: str = "misclassified",
     reports_dir: str | os.PathLike | None = None,
+    film_set: str = KAGGLE_SET_KEY,
 ) -> list[GalleryCase]:
     """Test images for the error gallery, filtered as the user asked.
 
     Args:
         name: the model whose predictions are filtered and captioned.
         true_class, predicted_class: a class name, or None for any.
-        subset: "official" (every test image) or "leakage_free" (images without a train duplicate).
+        subset: "official" (every test image) or "leakage_free" (images without a train duplicate;
+            the Kaggle split only: a labelled folder was not audited against train).
         mode: "misclassified" (wrong for `name`), "both_wrong" (wrong for every evaluated model)
             or "disagree" (the evaluated models predict different classes).
+        film_set: `KAGGLE_SET_KEY`, or the NAME of a labelled folder (`film_sets`).
 
     Returns:
-        Cases in predictions.csv order; empty when `name` has no predictions.csv.
+        Cases in predictions.csv order; empty when `name` has no predictions for the set.
     """
     if subset not in SUBSETS:
         raise ValueError(f"Unknown subset {subset!r}; expected one of {sorted(SUBSETS)}.")
     if mode not in GALLERY_MODES:
         raise ValueError(f"Unknown gallery mode {mode!r}; expected one of {sorted(GALLERY_MODES)}.")
-    tables = {m: load_predictions(m, reports_dir) for m in MODELS}
+    tables = {m: set_predictions(m, film_set, reports_dir) for m in MODELS}
     if tables.get(name) is None:
         return []
+    kaggle = film_set == KAGGLE_SET_KEY
+    root = "" if kaggle else str(set_root(film_set, reports_dir) or "")
     by_file = {m: {row.file: row for row in rows} for m, rows in tables.items() if rows is not None}
     cases = []
     for row in tables[name]:
@@ -202,7 +229,7 @@ def find_cases(
             continue
         if predicted_class and row.predicted != predicted_class:
             continue
-        if subset == "leakage_free" and row.leaked:
+        if kaggle and subset == "leakage_free" and row.leaked:
             continue
         others = {m: rows[row.file] for m, rows in by_file.items() if row.file in rows}
         if mode == "misclassified" and row.correct:
@@ -211,8 +238,56 @@ def find_cases(
             continue
         if mode == "disagree" and len({r.predicted for r in others.values()}) < 2:
             continue
-        cases.append(GalleryCase(row.file, row.true, row.leaked, others))
+        cases.append(
+            GalleryCase(
+                row.file,
+                row.true,
+                row.leaked,
+                others,
+                root=root,
+                set_name="" if kaggle else film_set,
+                group=row.group,
+            )
+        )
     return cases
+
+
+# ---------------------------------------------------------------------------
+# Film sets: the Kaggle test split and every labelled folder a model was evaluated on.
+# ---------------------------------------------------------------------------
+def film_sets(reports_dir: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+    """(key, title) of every set the gallery can show: the Kaggle test split first, then each
+    labelled folder any model was evaluated on (`evaluate --data-dir DIR --name NAME`)."""
+    sets = {KAGGLE_SET_KEY: KAGGLE_SET_TITLE}
+    for name in MODELS:
+        for key, _title, folder in evaluated_sets(name, reports_dir):
+            if key != KAGGLE_SET_KEY and key not in sets:
+                metrics = read_json(folder / config.METRICS_FILE) or {}
+                n = metrics.get("subsets", {}).get("all", {}).get("n")
+                sets[key] = f"Your films: {key}" + (f" ({n} images)" if n else "")
+    return list(sets.items())
+
+
+def _set_folder(name: str, film_set: str, reports_dir) -> Path:
+    return MODELS[name].report_dir(reports_dir) / film_set
+
+
+def set_predictions(name: str, film_set: str, reports_dir: str | os.PathLike | None = None):
+    """A model's predictions on a set (`load_predictions` for the Kaggle split), or None."""
+    if film_set == KAGGLE_SET_KEY:
+        return load_predictions(name, reports_dir)
+    return read_predictions(_set_folder(name, film_set, reports_dir) / config.PREDICTIONS_FILE)
+
+
+def set_root(film_set: str, reports_dir: str | os.PathLike | None = None) -> Path | None:
+    """The folder a labelled set's images are in (its metrics.json's `data_dir`), or None."""
+    for name in MODELS:
+        recorded = (read_json(_set_folder(name, film_set, reports_dir) / config.METRICS_FILE) or {}).get(
+            "data_dir"
+        )
+        if recorded:
+            return Path(recorded)
+    return None
 
 
 def gallery_items(
@@ -227,7 +302,8 @@ def gallery_items(
     items, shown = [], []
     for case in cases:
         try:
-            items.append((load_thumbnail(case.file, data_dir), case.caption(name)))
+            path = case.path(data_dir)
+            items.append((_thumbnail(str(path), stamp(path), THUMBNAIL_SIDE), case.caption(name)))
         except (OSError, imaging.ImageDecodeError, ReportError) as exc:
             logger.warning("Gallery image %s unavailable: %s", case.file, exc)
             continue
@@ -242,21 +318,26 @@ def gallery_status(
     mode: str = "misclassified",
     data_dir: str | os.PathLike | None = None,
     reports_dir: str | os.PathLike | None = None,
+    film_set: str = KAGGLE_SET_KEY,
 ) -> str:
     """One line for people above the gallery: how many cases, or what is missing."""
     display = MODELS[name].display_name
-    if load_predictions(name, reports_dir) is None:
-        return f"{display} has not been evaluated on this server yet, so it has no errors to show."
-    evaluated = [m for m in MODELS if load_predictions(m, reports_dir) is not None]
+    kaggle = film_set == KAGGLE_SET_KEY
+    if set_predictions(name, film_set, reports_dir) is None:
+        where = "on this server yet" if kaggle else f"on {film_set}"
+        return f"{display} has not been evaluated {where}, so it has no errors to show."
+    evaluated = [m for m in MODELS if set_predictions(m, film_set, reports_dir) is not None]
     if mode != "misclassified" and len(evaluated) < 2:
         missing = " and ".join(MODELS[m].display_name for m in MODELS if m not in evaluated)
         return (
             f"Comparing the models needs both evaluations; {missing} has not been evaluated on this "
             "server yet."
         )
-    if not data_available(data_dir):  # a count of images nobody can see is noise
+    if kaggle and not data_available(data_dir):  # a count of images nobody can see is noise
         return missing_data_message(data_dir)
-    text = f"{len(cases)} test image{'s' if len(cases) != 1 else ''} match."
+    what = "test image" if kaggle else "film"
+    text = f"{len(cases)} {what}{'s' if len(cases) != 1 else ''} match."
     if shown < len(cases):
-        text += f" {len(cases) - shown} could not be read from the dataset."
+        source = "the dataset" if kaggle else f"the folder {film_set} was evaluated from"
+        text += f" {len(cases) - shown} could not be read from {source}."
     return text

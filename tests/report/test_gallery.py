@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from covid_xray import report
+from covid_xray import config, report
 from covid_xray.config import CLASS_NAMES
 from tests.app_fixtures import write_predictions_csv
 
@@ -151,3 +153,63 @@ def test_comparing_models_needs_both_predictions(tmp_path):
     assert report.find_cases("davidnet", mode="both_wrong", reports_dir=tmp_path) == []
     status = report.gallery_status([], "davidnet", 0, mode="disagree", reports_dir=tmp_path)
     assert "needs both evaluations" in status and "CheXNet has not been evaluated" in status
+
+
+# ---------------------------------------------------------------------------
+# A labelled folder of a user's own films, evaluated with `evaluate --data-dir DIR --name NAME`.
+# ---------------------------------------------------------------------------
+@pytest.fixture()
+def own_films(tmp_path):
+    """reports/davidnet/mine/ as `evaluate_folder` writes it, for three films in tmp/films/."""
+    import csv
+
+    from PIL import Image
+
+    films = tmp_path / "films"
+    rows = [
+        ("COVID-19/a.png", "Covid", "Normal", "site-a"),
+        ("normal/b.png", "Normal", "Normal", "site-a"),
+        ("Pneumonia-Viral/c.png", "Viral Pneumonia", "Covid", "site-b"),
+    ]
+    rng = np.random.default_rng(0)
+    for relpath, *_ in rows:
+        (films / relpath).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(films / relpath)
+    folder = tmp_path / "reports" / "davidnet" / "mine"
+    folder.mkdir(parents=True)
+    metrics = {"kind": "labelled_folder", "data_dir": str(films), "subsets": {"all": {"n": 3}}}
+    (folder / config.METRICS_FILE).write_text(json.dumps(metrics))
+    with open(folder / config.PREDICTIONS_FILE, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(config.FOLDER_PREDICTION_COLUMNS)
+        for relpath, true, predicted, group in rows:
+            probs = [0.8 if c == predicted else 0.1 for c in CLASS_NAMES]
+            writer.writerow([relpath, true, predicted, "0.800000", *[f"{p:.6f}" for p in probs], group])
+    return tmp_path / "reports", films
+
+
+def test_the_gallery_offers_each_evaluated_labelled_folder(own_films):
+    reports, films = own_films
+    sets = dict(report.film_sets(reports))
+    assert list(sets)[0] == report.KAGGLE_SET_KEY and sets["mine"] == "Your films: mine (3 images)"
+    cases = report.find_cases("davidnet", reports_dir=reports, film_set="mine")
+    assert [c.file for c in cases] == ["COVID-19/a.png", "Pneumonia-Viral/c.png"]  # the two errors
+    assert all(c.path() == (films / c.file).resolve() for c in cases)
+    items, shown = report.gallery_items(cases, "davidnet")
+    assert len(items) == len(shown) == 2 and items[0][1] == "COVID-19 > Normal (80.0%)"
+    assert "your films: mine, group site-a" in cases[0].details_markdown()
+    status = report.gallery_status(cases, "davidnet", len(items), reports_dir=reports, film_set="mine")
+    assert status == "2 films match."
+    # The other model was not evaluated on these films: said so, not an empty gallery.
+    assert report.find_cases("chexnet", reports_dir=reports, film_set="mine") == []
+    assert "CheXNet has not been evaluated on mine" in report.gallery_status(
+        [], "chexnet", 0, reports_dir=reports, film_set="mine"
+    )
+
+
+def test_a_labelled_folder_path_cannot_leave_its_folder(own_films):
+    reports, _ = own_films
+    case = report.find_cases("davidnet", reports_dir=reports, film_set="mine")[0]
+    escaped = type(case)(**{**case.__dict__, "file": "../../secret.png"})
+    with pytest.raises(report.ReportError, match="outside"):
+        escaped.path()

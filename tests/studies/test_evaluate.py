@@ -110,7 +110,7 @@ def _renamed_test_folder(tmp_path, data_dir):
             target = folder / RENAMED[row.true] / source.name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(source.resolve())
-            handle.write(f"{RENAMED[row['true']]}/{source.name},{'leaked' if row['leaked'] else 'clean'}\n")
+            handle.write(f"{RENAMED[row.true]}/{source.name},{'leaked' if row.leaked else 'clean'}\n")
     return folder, tmp_path / "groups.csv", rows
 
 
