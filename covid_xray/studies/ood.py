@@ -49,10 +49,11 @@ from covid_xray.synthetic import NON_XRAY_CATEGORIES, corpus_cases, synthetic_no
 logger = logging.getLogger(__name__)
 
 
-def _split_settings(metadata: dict) -> tuple[str, float, int]:
+def _protocol(metadata: dict) -> str:
+    """The protocol the checkpoint was trained with (recorded in its info; the guard never needs
+    the validation split: it is fitted on the whole train folder, out of fold)."""
     cfg = metadata.get("config") or {}
-    protocol = str(cfg.get("protocol") or metadata.get("protocol") or "default")
-    return protocol, float(cfg.get("val_fraction", 0.2)), int(cfg.get("seed", 42))
+    return str(cfg.get("protocol") or metadata.get("protocol") or "default")
 
 
 def fit_guard(
@@ -111,7 +112,7 @@ def fit_guard(
             "checkpoint": checkpoint.name,
             "fitted_on": "train folder",
             "cv": {"folds": CV_FOLDS, "seed": CV_SEED, "duplicate_aware": True},
-            "model_protocol": _split_settings(metadata)[0],
+            "model_protocol": _protocol(metadata),
             "dataset_manifest": data.dataset_manifest_hash(samples),
         },
     )
