@@ -51,11 +51,18 @@ WARM_UP_METHODS: tuple[str, ...] = ("gradcam",)
 # Explanations kept in memory (per model, method and image): moving the opacity slider or
 # re-opening an image re-uses them instead of recomputing Score-CAM on 2 vCPUs.
 EXPLANATION_CACHE_SIZE = 64
-# Human names of the explanation methods, in the order the UI offers them.
+# SmoothGrad's noisy copies per request (`explain.Explainer`'s `smoothgrad_samples`), per model:
+# one forward and backward pass each. Measured per request on 2 shared vCPUs (load average 1.3-2.3,
+# random weights, Explainer.explain): DavidNet 16 copies 0.46-0.85 s; CheXNet (DenseNet121)
+# 8 copies 2.8-3.4 s (16: ~5.2 s), its first request 5.7-6.4 s (kernels set up for the batch).
+# Models not listed get `explain.DEFAULT_SMOOTHGRAD_SAMPLES`.
+SMOOTHGRAD_SAMPLES: dict[str, int] = {"davidnet": 16, "chexnet": 8}
+# Human names of the explanation methods (`explain.SERVED_METHODS`), in the order the UI offers them.
 METHOD_DISPLAY_NAMES: dict[str, str] = {
     "gradcam": "Grad-CAM",
     "gradcam++": "Grad-CAM++",
     "scorecam": "Score-CAM",
+    "smoothgrad": "SmoothGrad",
 }
 
 
@@ -267,7 +274,7 @@ def load_model(
     """
     from covid_xray.calibration import temperature_from_metadata
     from covid_xray.checkpoints import load_checkpoint
-    from covid_xray.explain import Explainer
+    from covid_xray.explain import DEFAULT_SMOOTHGRAD_SAMPLES, Explainer
 
     spec = config.get_model_spec(name)
     model, metadata = load_checkpoint(spec.checkpoint_path(checkpoint_dir))
@@ -280,6 +287,7 @@ def load_model(
         spec.gradcam_layer,
         scorecam_max_n=spec.scorecam_max_n if scorecam_max_n is None else scorecam_max_n,
         feature_layer=feature_layer,
+        smoothgrad_samples=SMOOTHGRAD_SAMPLES.get(name, DEFAULT_SMOOTHGRAD_SAMPLES),
     )
     return LoadedModel(
         name=name,
@@ -504,7 +512,8 @@ class Predictor:
 
         Args:
             source: a file path, the file's bytes, or a uint8 RGB (or grayscale) array.
-            method: one of `explain.METHODS`, or None for probabilities only (the API's fast path).
+            method: one of `explain.SERVED_METHODS` (the CAMs and SmoothGrad), or None for
+                probabilities only (the API's fast path).
             alpha: heatmap opacity in [0, 1].
 
         Raises:
@@ -512,10 +521,12 @@ class Predictor:
             ValueError: unknown method or alpha outside [0, 1].
         """
         from covid_xray.calibration import apply_temperature
-        from covid_xray.explain import METHODS
+        from covid_xray.explain import SERVED_METHODS
 
-        if method is not None and method not in METHODS:
-            raise ValueError(f"Unknown explanation method {method!r}; expected one of {METHODS} or None.")
+        if method is not None and method not in SERVED_METHODS:
+            raise ValueError(
+                f"Unknown explanation method {method!r}; expected one of {SERVED_METHODS} or None."
+            )
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
         rgb = decode_source(source)
@@ -570,7 +581,8 @@ class Predictor:
         self, loaded: LoadedModel, model_input: np.ndarray, digest: str, method: str | None
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Probabilities, heatmap and OOD-guard features (None when the explainer has no feature
-        layer, or for Score-CAM) for one model, from the cache when this image was seen."""
+        layer, or for Score-CAM) for one model, from the cache when this image was seen (SmoothGrad
+        included: its seeded map of an image never changes)."""
         key = (loaded.name, method, digest)
         with self._lock:
             cached = self._cache.get(key)

@@ -1,7 +1,8 @@
-"""Tests for covid_xray.explain: compiled Grad-CAM / Grad-CAM++, Score-CAM, overlay.
+"""Tests for covid_xray.explain: compiled Grad-CAM / Grad-CAM++, Score-CAM, SmoothGrad, overlay.
 
 tf-keras-vis is the reference implementation: our compiled maps must equal its maps on the same
-logits twin, the same class and the same layer. Tiny synthetic models (32x32x3) keep this fast.
+logits twin, the same class and the same layer; SmoothGrad is tf-keras-vis's own, fed in batches,
+and must equal its plain single-image call. Tiny synthetic models (32x32x3) keep this fast.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from keras import layers
 from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+from tf_keras_vis.saliency import Saliency
 from tf_keras_vis.scorecam import Scorecam
 from tf_keras_vis.utils.scores import CategoricalScore
 
@@ -21,6 +24,9 @@ from covid_xray.explain import (
     BORDER_NOTE_MIN,
     FLAT_MAP_NOTE,
     METHODS,
+    SALIENCY_METHODS,
+    SERVED_METHODS,
+    SMOOTHGRAD_SEED,
     Explainer,
     ExplainerError,
     colorbar_width,
@@ -302,6 +308,153 @@ def test_confident_prediction_still_gives_a_map(quadrant_explainer):
 
 
 # ---------------------------------------------------------------------------
+# SmoothGrad (tf-keras-vis's Saliency with smooth_samples).
+# ---------------------------------------------------------------------------
+def _build_blob_model() -> keras.Model:
+    """A hand-set CNN whose class-0 logit is the brightest 3x3 neighbourhood of the image.
+
+    "bright" averages each 3x3x3 window; a global max picks the brightest one; class 0 scores it
+    positively, class 2 negatively, class 1 ignores it. The input gradient of the class-0 logit
+    is therefore non-zero only on the window the max picks: on a bright blob, wherever it is.
+    """
+    inputs = keras.Input(TINY_SHAPE, name="image")
+    conv = layers.Conv2D(1, 3, padding="same", activation="relu", name="bright")
+    x = layers.GlobalMaxPooling2D(name="max")(conv(inputs))
+    head = layers.Dense(NUM_CLASSES, activation="softmax", name="predictions")
+    model = keras.Model(inputs, head(x), name="blob")
+    conv.set_weights([np.full((3, 3, 3, 1), 1.0 / 27.0, np.float32), np.zeros(1, np.float32)])
+    head.set_weights([np.array([[2.0, 0.0, -2.0]], np.float32), np.zeros(NUM_CLASSES, np.float32)])
+    return model
+
+
+def _blob_image(row: int, col: int, size: int = 6) -> np.ndarray:
+    image = np.zeros(TINY_SHAPE, np.float32)
+    image[row : row + size, col : col + size] = 1.0
+    return image
+
+
+def test_served_methods_are_the_cams_then_smoothgrad():
+    assert METHODS == ("gradcam", "gradcam++", "scorecam")  # the faithfulness study iterates over these
+    assert SALIENCY_METHODS == ("smoothgrad",)
+    assert SERVED_METHODS == (*METHODS, *SALIENCY_METHODS)
+
+
+def test_smoothgrad_map_shape_range_and_determinism(explainer_and_input):
+    explainer, x = explainer_and_input
+    probs, heatmap = explainer.explain(x, "smoothgrad")
+    np.testing.assert_allclose(probs, explainer.predict(x), rtol=0, atol=1e-6)
+    # A pixel map at the input resolution (224x224 on DavidNet), scaled to [0, 1] like the CAMs.
+    assert heatmap.shape == x.shape[:2] and heatmap.dtype == np.float32
+    assert np.all(np.isfinite(heatmap))
+    assert heatmap.min() == 0.0 and heatmap.max() == pytest.approx(1.0)
+    assert heatmap.std() > 0.05  # not a flat wash
+    # Seeded noise: a second request gives the identical map.
+    _, again = explainer.explain(x.copy(), "smoothgrad")
+    np.testing.assert_array_equal(heatmap, again)
+    # There is no target layer: `upsample` does not apply.
+    np.testing.assert_array_equal(explainer.explain(x, "smoothgrad", upsample=False)[1], heatmap)
+    # Not a Grad-CAM map under another name.
+    _, gradcam = explainer.explain(x, "gradcam")
+    assert np.abs(heatmap - gradcam).mean() > 0.05
+
+
+def test_smoothgrad_explains_the_requested_class(davidnet_explainer):
+    x = _random_image(INPUT_SHAPE, seed=3)
+    predicted = int(np.argmax(davidnet_explainer.predict(x)))
+    _, default = davidnet_explainer.explain(x, "smoothgrad")
+    _, explicit = davidnet_explainer.explain(x, "smoothgrad", class_index=predicted)
+    np.testing.assert_array_equal(default, explicit)
+    _, other = davidnet_explainer.explain(x, "smoothgrad", class_index=(predicted + 1) % NUM_CLASSES)
+    assert not np.allclose(other, default, atol=1e-3)
+
+
+@pytest.mark.parametrize("samples", [12, 5])  # 6 copies x 2 passes; 5 copies in one pass
+@pytest.mark.filterwarnings("ignore:The structure of `inputs`:UserWarning")
+def test_smoothgrad_equals_plain_tf_keras_vis(tiny_explainer, samples):
+    # Batched copies must give tf-keras-vis's single-image SmoothGrad with the same noise draws.
+    explainer = Explainer(tiny_explainer.model, "last_conv", smoothgrad_samples=samples)
+    x = _random_image(TINY_SHAPE, seed=2)
+    _, ours = explainer.explain(x, "smoothgrad", class_index=1)
+    np.random.seed(SMOOTHGRAD_SEED)
+    expected = Saliency(explainer.logits_model, clone=False)(
+        CategoricalScore(1), x[None], smooth_samples=samples, smooth_noise=0.20, normalize_map=False
+    )[0]
+    np.testing.assert_allclose(ours, _minmax(expected), rtol=0, atol=1e-5)
+
+
+def test_smoothgrad_without_noise_is_the_plain_input_gradient(tiny_explainer):
+    # smoothgrad_noise=0: every copy is the image itself, so the map is max over channels of
+    # |d logit / d pixel|, computed here independently of the explainer (penultimate @ kernel + bias).
+    model = tiny_explainer.model
+    explainer = Explainer(model, "last_conv", smoothgrad_samples=3, smoothgrad_noise=0.0)
+    penultimate = keras.Model(model.inputs[0], model.layers[-1].input)
+    kernel, bias = model.layers[-1].get_weights()
+    x = tf.constant(_random_image(TINY_SHAPE, seed=6)[None])
+    for class_index in range(NUM_CLASSES):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            logit = tf.matmul(penultimate(x, training=False), kernel)[0, class_index] + bias[class_index]
+        expected = _minmax(np.abs(tape.gradient(logit, x).numpy()[0]).max(axis=-1))
+        _, ours = explainer.explain(x.numpy()[0], "smoothgrad", class_index=class_index)
+        np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("row, col", [(3, 4), (22, 20)])
+def test_smoothgrad_follows_a_bright_blob(row, col):
+    # The class-0 score reads the brightest spot: the map's mass must lie on the blob, wherever
+    # it is put (a constant map, or one that ignored the image, would fail for one position).
+    explainer = Explainer(_build_blob_model(), "bright", smoothgrad_samples=8)
+    image = _blob_image(row, col)
+    probs, heatmap = explainer.explain(image, "smoothgrad", class_index=0)
+    assert int(np.argmax(probs)) == 0
+    on_blob = heatmap[max(row - 1, 0) : row + 7, max(col - 1, 0) : col + 7].sum() / heatmap.sum()
+    assert on_blob > 0.9
+    peak = np.unravel_index(np.argmax(heatmap), heatmap.shape)
+    assert row <= peak[0] < row + 6 and col <= peak[1] < col + 6
+
+
+def test_smoothgrad_of_a_class_without_evidence_is_empty(quadrant_explainer):
+    # Class 2 of the quadrant model reads nothing: zero gradients give an all-zero map, not noise.
+    _, heatmap = quadrant_explainer.explain(_quadrant_image(), "smoothgrad", class_index=2)
+    assert heatmap.shape == TINY_SHAPE[:2] and not heatmap.any()
+
+
+def test_smoothgrad_leaves_numpys_global_generator_alone(tiny_explainer):
+    np.random.seed(123)
+    expected = np.random.random(3)
+    np.random.seed(123)
+    tiny_explainer.explain(_random_image(TINY_SHAPE), "smoothgrad")
+    np.testing.assert_array_equal(np.random.random(3), expected)
+
+
+def test_analyse_smoothgrad_returns_the_forward_features(davidnet):
+    fused = Explainer(
+        davidnet, MODELS["davidnet"].gradcam_layer, feature_layer="dense2", smoothgrad_samples=4
+    )
+    fused.warm_up(("smoothgrad",))
+    x = _random_image(INPUT_SHAPE, seed=4)
+    probs, heatmap, features = fused.analyse(x, "smoothgrad")
+    expected_features = fused.analyse(x, None)[2]
+    np.testing.assert_array_equal(features, expected_features)
+    expected_probs, expected_map = fused.explain(x, "smoothgrad")
+    np.testing.assert_array_equal(probs, expected_probs)
+    np.testing.assert_array_equal(heatmap, expected_map)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"smoothgrad_samples": 0}, "smoothgrad_samples must be at least 1"),
+        ({"smoothgrad_noise": -0.1}, "smoothgrad_noise must be finite and >= 0"),
+        ({"smoothgrad_noise": float("nan")}, "smoothgrad_noise must be finite and >= 0"),
+    ],
+)
+def test_rejects_bad_smoothgrad_settings(tiny_explainer, kwargs, message):
+    with pytest.raises(ExplainerError, match=message):
+        Explainer(tiny_explainer.model, "last_conv", **kwargs)
+
+
+# ---------------------------------------------------------------------------
 # Save / reload.
 # ---------------------------------------------------------------------------
 def test_works_after_keras_save_and_reload(tmp_path, davidnet, davidnet_explainer):
@@ -481,6 +634,17 @@ def test_chexnet_smoke():
         assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
     # DenseNet121's last block is 7x7.
     assert explainer.explain(x, "gradcam", upsample=False)[1].shape == (7, 7)
+    # SmoothGrad with the app's number of copies for CheXNet (one batch of 8).
+    from covid_xray.inference import SMOOTHGRAD_SAMPLES
+
+    smooth = Explainer(
+        model, MODELS["chexnet"].gradcam_layer, smoothgrad_samples=SMOOTHGRAD_SAMPLES["chexnet"]
+    )
+    probs, heatmap = smooth.explain(x, "smoothgrad")
+    np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)
+    assert heatmap.shape == (IMAGE_SIZE, IMAGE_SIZE) and heatmap.dtype == np.float32
+    assert np.all(np.isfinite(heatmap)) and heatmap.min() == 0.0 and heatmap.max() == pytest.approx(1.0)
+    np.testing.assert_array_equal(smooth.explain(x, "smoothgrad")[1], heatmap)
 
 
 def test_feature_layer_comes_from_the_same_forward_pass(davidnet, davidnet_explainer):

@@ -18,6 +18,8 @@ from covid_xray.explain import colorbar_width
 from covid_xray.imaging import ImageDecodeError
 from covid_xray.inference import (
     DISPLAY_MAX_SIDE,
+    METHOD_DISPLAY_NAMES,
+    SMOOTHGRAD_SAMPLES,
     Predictor,
     decode_source,
     detail_markdown,
@@ -96,7 +98,7 @@ def test_probabilities_match_the_evaluation_pipeline(predictor_both, checkpoint_
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "scorecam"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "scorecam", "smoothgrad"])
 def test_same_input_same_output(predictor_davidnet, method):
     image = np.stack([xray_like(300, 260, seed=3)] * 3, axis=-1)
     first = predictor_davidnet.predict(image, method=method, alpha=0.5)
@@ -107,6 +109,37 @@ def test_same_input_same_output(predictor_davidnet, method):
     np.testing.assert_array_equal(a.heatmap, b.heatmap)
     np.testing.assert_array_equal(a.overlay, b.overlay)
     assert a.method == method
+
+
+def test_every_served_method_is_offered_by_name():
+    from covid_xray.explain import SERVED_METHODS
+
+    # The app's method Radio is built from METHOD_DISPLAY_NAMES.
+    assert list(METHOD_DISPLAY_NAMES) == list(SERVED_METHODS)
+    assert METHOD_DISPLAY_NAMES["smoothgrad"] == "SmoothGrad"
+
+
+def test_smoothgrad_is_served_with_an_overlay(predictor_davidnet):
+    image = np.stack([xray_like(260, 300, seed=4)] * 3, axis=-1)
+    explainer = predictor_davidnet.loaded["davidnet"].explainer
+    assert explainer.smoothgrad_samples == SMOOTHGRAD_SAMPLES["davidnet"]
+    result = predictor_davidnet.predict(image, method="smoothgrad", alpha=0.5)
+    davidnet = result.models["davidnet"]
+    assert result.method == davidnet.method == "smoothgrad"
+    _assert_probabilities(davidnet.probabilities)
+    heatmap = davidnet.heatmap
+    assert heatmap.shape == (IMAGE_SIZE, IMAGE_SIZE) and heatmap.dtype == np.float32
+    assert np.all(np.isfinite(heatmap)) and heatmap.min() == 0.0 and heatmap.max() == pytest.approx(1.0)
+    height, width = result.image.shape[:2]
+    assert davidnet.overlay.shape == (height, width + colorbar_width(height, width), 3)
+    assert not np.array_equal(davidnet.overlay[:, :width], result.image)  # something was drawn
+    assert "SmoothGrad: where DavidNet looked for" in davidnet.summary_markdown()
+    # Probabilities are the same whichever map is asked for; the map is not Grad-CAM's.
+    gradcam = predictor_davidnet.predict(image, method="gradcam").models["davidnet"]
+    assert gradcam.probabilities == pytest.approx(davidnet.probabilities, abs=1e-6)
+    assert np.abs(gradcam.heatmap - heatmap).mean() > 0.05
+    # The API's JSON is the same as for any method (no heatmap in it).
+    assert result.to_api_json()["davidnet"]["prediction"] == davidnet.predicted
 
 
 def test_opacity_change_reuses_the_explanation(predictor_davidnet):
@@ -213,7 +246,10 @@ def test_bad_input_raises_the_decoder_error(predictor_davidnet):
         decode_source(np.zeros((10, 10, 3), np.float32))
 
 
-@pytest.mark.parametrize("method, alpha", [("lime", 0.4), ("gradcam", 1.5), ("gradcam", -0.1)])
+@pytest.mark.parametrize(
+    "method, alpha",
+    [("lime", 0.4), ("SmoothGrad", 0.4), ("gradcam", 1.5), ("gradcam", -0.1), ("smoothgrad", 1.5)],
+)
 def test_invalid_settings_are_refused(predictor_davidnet, method, alpha):
     with pytest.raises(ValueError):
         predictor_davidnet.predict(np.zeros((64, 64, 3), np.uint8), method=method, alpha=alpha)
