@@ -176,6 +176,10 @@ class ModelSpec:
     # Faster-Score-CAM keeps this many feature maps: one forward pass of as many masked images
     # per request, so it sets Score-CAM's latency (benchmarks/bench.py measures it).
     scorecam_max_n: int = 16
+    # SmoothGrad averages this many noisy copies per request, one forward and backward pass each.
+    # Measured per request on 2 shared vCPUs (load average 1.3-2.3): DavidNet 16 copies 0.46-0.85 s;
+    # CheXNet (DenseNet121) 8 copies 2.8-3.4 s (16: ~5.2 s), its first request 5.7-6.4 s.
+    smoothgrad_samples: int = 16
 
     def checkpoint_path(self, checkpoint_dir: str | os.PathLike | None = None) -> Path:
         """The model's `.keras` file (its JSON sidecar has the same stem).
@@ -226,6 +230,7 @@ MODELS: dict[str, ModelSpec] = {
         paper_accuracy=0.78,
         # 8 masked DenseNet121 passes keep Score-CAM under 1 s on 2 vCPUs (16 take about 1.6 s).
         scorecam_max_n=8,
+        smoothgrad_samples=8,
     ),
 }
 

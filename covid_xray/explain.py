@@ -64,8 +64,8 @@ DEFAULT_SCORECAM_MAX_N = 16
 # SmoothGrad: noisy copies of the image whose input gradients are averaged. The SmoothGrad paper
 # finds maps stop changing visibly beyond about 50 samples; on the trained DavidNet, 16 samples
 # give a map whose pixel correlation with a 64-sample map is 0.975 (8 samples: 0.95). The cost is
-# one forward and backward pass per sample (see `inference.SMOOTHGRAD_SAMPLES` for the counts
-# the app serves per model, and benchmarks/ for measured times).
+# one forward and backward pass per sample (`ModelSpec.smoothgrad_samples` in config: the counts
+# the app serves per model, with their measured times).
 DEFAULT_SMOOTHGRAD_SAMPLES = 16
 # Noise standard deviation as a share of the image's value range (max - min), the paper's 10-20%
 # and tf-keras-vis's default.

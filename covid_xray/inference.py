@@ -51,12 +51,6 @@ WARM_UP_METHODS: tuple[str, ...] = ("gradcam",)
 # Explanations kept in memory (per model, method and image): moving the opacity slider or
 # re-opening an image re-uses them instead of recomputing Score-CAM on 2 vCPUs.
 EXPLANATION_CACHE_SIZE = 64
-# SmoothGrad's noisy copies per request (`explain.Explainer`'s `smoothgrad_samples`), per model:
-# one forward and backward pass each. Measured per request on 2 shared vCPUs (load average 1.3-2.3,
-# random weights, Explainer.explain): DavidNet 16 copies 0.46-0.85 s; CheXNet (DenseNet121)
-# 8 copies 2.8-3.4 s (16: ~5.2 s), its first request 5.7-6.4 s (kernels set up for the batch).
-# Models not listed get `explain.DEFAULT_SMOOTHGRAD_SAMPLES`.
-SMOOTHGRAD_SAMPLES: dict[str, int] = {"davidnet": 16, "chexnet": 8}
 # Human names of the explanation methods (`explain.SERVED_METHODS`), in the order the UI offers them.
 METHOD_DISPLAY_NAMES: dict[str, str] = {
     "gradcam": "Grad-CAM",
@@ -274,7 +268,7 @@ def load_model(
     """
     from covid_xray.calibration import temperature_from_metadata
     from covid_xray.checkpoints import load_checkpoint
-    from covid_xray.explain import DEFAULT_SMOOTHGRAD_SAMPLES, Explainer
+    from covid_xray.explain import Explainer
 
     spec = config.get_model_spec(name)
     model, metadata = load_checkpoint(spec.checkpoint_path(checkpoint_dir))
@@ -287,7 +281,7 @@ def load_model(
         spec.gradcam_layer,
         scorecam_max_n=spec.scorecam_max_n if scorecam_max_n is None else scorecam_max_n,
         feature_layer=feature_layer,
-        smoothgrad_samples=SMOOTHGRAD_SAMPLES.get(name, DEFAULT_SMOOTHGRAD_SAMPLES),
+        smoothgrad_samples=spec.smoothgrad_samples,
     )
     return LoadedModel(
         name=name,

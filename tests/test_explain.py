@@ -635,10 +635,9 @@ def test_chexnet_smoke():
     # DenseNet121's last block is 7x7.
     assert explainer.explain(x, "gradcam", upsample=False)[1].shape == (7, 7)
     # SmoothGrad with the app's number of copies for CheXNet (one batch of 8).
-    from covid_xray.inference import SMOOTHGRAD_SAMPLES
 
     smooth = Explainer(
-        model, MODELS["chexnet"].gradcam_layer, smoothgrad_samples=SMOOTHGRAD_SAMPLES["chexnet"]
+        model, MODELS["chexnet"].gradcam_layer, smoothgrad_samples=MODELS["chexnet"].smoothgrad_samples
     )
     probs, heatmap = smooth.explain(x, "smoothgrad")
     np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)

@@ -19,7 +19,6 @@ from covid_xray.imaging import ImageDecodeError
 from covid_xray.inference import (
     DISPLAY_MAX_SIDE,
     METHOD_DISPLAY_NAMES,
-    SMOOTHGRAD_SAMPLES,
     Predictor,
     decode_source,
     detail_markdown,
@@ -122,7 +121,7 @@ def test_every_served_method_is_offered_by_name():
 def test_smoothgrad_is_served_with_an_overlay(predictor_davidnet):
     image = np.stack([xray_like(260, 300, seed=4)] * 3, axis=-1)
     explainer = predictor_davidnet.loaded["davidnet"].explainer
-    assert explainer.smoothgrad_samples == SMOOTHGRAD_SAMPLES["davidnet"]
+    assert explainer.smoothgrad_samples == config.MODELS["davidnet"].smoothgrad_samples
     result = predictor_davidnet.predict(image, method="smoothgrad", alpha=0.5)
     davidnet = result.models["davidnet"]
     assert result.method == davidnet.method == "smoothgrad"
