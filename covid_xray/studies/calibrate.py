@@ -43,6 +43,7 @@ from covid_xray.calibration import (
 from covid_xray.config import CLASS_NAMES, EVALUATE_COMMAND
 from covid_xray.report.calibration import _fmt, calibration_markdown, evaluated_checkpoint_sha256
 from covid_xray.report.files import ReportError, read_predictions
+from covid_xray.studies import _options
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 logger = logging.getLogger(__name__)
@@ -368,21 +369,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
-    common.add_argument(
-        "--reports-dir",
-        default=None,
-        help=f"reports folder (default ${config.REPORTS_DIR_ENV_VAR} or reports/)",
-    )
+    _options.add(common, "model", "reports_dir")
     p = sub.add_parser(
         "fit", parents=[common], help="fit T; update the sidecar, write calibration.json + PNG"
     )
-    p.add_argument("--data-dir", default=None, help=f"dataset root (default ${config.DATA_ENV_VAR})")
-    p.add_argument(
-        "--checkpoint-dir",
-        default=None,
-        help=f"checkpoint folder (default ${config.CHECKPOINT_DIR_ENV_VAR} or checkpoints/)",
-    )
+    _options.add(p, "data_dir", "checkpoint_dir")
     p.add_argument("--bins", type=int, default=DEFAULT_BINS, help="confidence bins of ECE and the plot")
     p.set_defaults(func=_cmd_fit)
     p = sub.add_parser("show", parents=[common], help="print the calibration table (markdown)")

@@ -30,6 +30,7 @@ from covid_xray.data import (
     find_dataset_root,
     list_samples,
 )
+from covid_xray.studies import _options
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--link", action="store_true", help="symlink to the kagglehub cache instead of copying")
     p.set_defaults(func=_cmd_download)
     p = sub.add_parser("info", help="image counts per split and class")
-    p.add_argument("--data-dir", default=None, help=f"dataset root (default ${config.DATA_ENV_VAR})")
+    _options.add(p, "data_dir")
     p.set_defaults(func=_cmd_info)
     p = sub.add_parser("audit", help="exact and near duplicates within and across splits")
-    p.add_argument("--data-dir", default=None, help=f"dataset root (default ${config.DATA_ENV_VAR})")
+    _options.add(p, "data_dir")
     p.add_argument("--out", default=None, help="JSON report path (default <reports dir>/audit.json)")
     p.add_argument(
         "--threshold", type=int, default=NEAR_DUPLICATE_THRESHOLD, help="max phash Hamming distance"

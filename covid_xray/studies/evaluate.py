@@ -38,6 +38,7 @@ from covid_xray import config
 from covid_xray.metrics import calibration_summary, compute_metrics, group_breakdown
 from covid_xray.preprocessing import checkpoint_mode
 from covid_xray.report.files import KAGGLE_SET_KEY
+from covid_xray.studies import _options
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger(__name__)
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         prog=f"{config.STUDIES}.evaluate",
         description="Evaluate a checkpoint on the official and leakage-free test sets.",
     )
-    parser.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
+    _options.add(parser, "model")
     parser.add_argument(
         "--data-dir",
         default=None,

@@ -44,6 +44,7 @@ from covid_xray.faithfulness import (
     uniform_border_mass,
 )
 from covid_xray.report.faithfulness import _fmt, _share, method_label
+from covid_xray.studies import _options
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger(__name__)
@@ -374,11 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         default=list(config.MODELS),
         help="models to score (default: all; those without a checkpoint are skipped)",
     )
-    parser.add_argument("--data-dir", default=None, help="dataset root (else $COVID_XRAY_DATA)")
-    parser.add_argument(
-        "--checkpoint-dir", default=None, help="folder of <model>.keras (default checkpoints/)"
-    )
-    parser.add_argument("--reports-dir", default=None, help="reports folder (default reports/)")
+    _options.add(parser, "data_dir", "checkpoint_dir", "reports_dir")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument(
         "--fill",

@@ -18,6 +18,7 @@ import numpy as np
 
 from covid_xray import config, data, preprocessing
 from covid_xray.neighbours import DEFAULT_CACHE_DIR, DEFAULT_K, NeighbourError, NeighbourIndex
+from covid_xray.studies import _options
 
 
 def time_lookup(index: NeighbourIndex, n: int = 200, k: int = DEFAULT_K, seed: int = 0) -> float:
@@ -47,9 +48,7 @@ def leave_one_out_agreement(index: NeighbourIndex) -> float:
 def main(argv: Iterable[str] | None = None) -> int:
     """Entry point of `python -m covid_xray.studies.neighbours`: build (or reuse) one model's index."""
     parser = argparse.ArgumentParser(prog=config.NEIGHBOURS_COMMAND, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
-    parser.add_argument("--data-dir", default=None, help=f"dataset root (default ${config.DATA_ENV_VAR})")
-    parser.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default checkpoints/)")
+    _options.add(parser, "model", "data_dir", "checkpoint_dir")
     parser.add_argument("--cache-dir", default=None, help=f"feature cache (default {DEFAULT_CACHE_DIR})")
     parser.add_argument("--n", type=int, default=500, help="lookups timed")
     args = parser.parse_args(list(argv) if argv is not None else None)

@@ -44,6 +44,7 @@ from covid_xray.ood import (
     out_of_fold_scores,
     train_folds,
 )
+from covid_xray.studies import _options
 from covid_xray.synthetic import NON_XRAY_CATEGORIES, corpus_cases, synthetic_non_xrays
 
 logger = logging.getLogger(__name__)
@@ -394,13 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=config.OOD_COMMAND, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
-    common.add_argument("--data-dir", default=None, help=f"dataset root (default ${config.DATA_ENV_VAR})")
-    common.add_argument(
-        "--checkpoint-dir",
-        default=None,
-        help=f"checkpoint folder (default ${config.CHECKPOINT_DIR_ENV_VAR} or checkpoints/)",
-    )
+    _options.add(common, "model", "data_dir", "checkpoint_dir")
     p = sub.add_parser(
         "fit", parents=[common], help="fit the learned check; writes checkpoints/ood_<model>.json"
     )

@@ -49,6 +49,7 @@ from covid_xray.calibration import (
 from covid_xray.config import CLASS_NAMES
 from covid_xray.metrics import confident_errors
 from covid_xray.report.files import read_predictions
+from covid_xray.studies import _options
 from covid_xray.studies.calibrate import plot_reliability
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -394,9 +395,7 @@ def apply_main(argv: Sequence[str]) -> int:
         description="Write the out-of-fold temperature into the checkpoint's sidecar when it helps on "
         "every test set.",
     )
-    parser.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
-    parser.add_argument("--reports-dir", default=None, help="reports folder (default reports/)")
-    parser.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default checkpoints/)")
+    _options.add(parser, "model", "reports_dir", "checkpoint_dir")
     args = parser.parse_args(argv)
     try:
         entry = apply(args.model, args.reports_dir, args.checkpoint_dir)
@@ -415,10 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["apply"]:
         return apply_main(argv[1:])
     parser = argparse.ArgumentParser(prog=f"{config.STUDIES}.oof_calibrate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
+    _options.add(parser, "model")
     parser.add_argument("--runs", nargs="+", required=True, help="the k fold run folders")
-    parser.add_argument("--data-dir", default=None, help="dataset root (else $COVID_XRAY_DATA)")
-    parser.add_argument("--reports-dir", default=None, help="reports folder (default reports/)")
+    _options.add(parser, "data_dir", "reports_dir")
     parser.add_argument(
         "--note", default=None, help="free text stored in the report (how the folds were run)"
     )

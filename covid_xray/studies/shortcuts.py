@@ -35,6 +35,7 @@ import numpy as np
 from covid_xray import config, data, neighbours, preprocessing, probe
 from covid_xray.report.files import read_predictions
 from covid_xray.report.shortcuts import shortcuts_markdown
+from covid_xray.studies import _options
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 logger = logging.getLogger(__name__)
@@ -218,10 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=f"{config.STUDIES}.shortcuts", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
-    parser.add_argument("--data-dir", default=None, help=f"dataset root (default ${config.DATA_ENV_VAR})")
-    parser.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default checkpoints/)")
-    parser.add_argument("--reports-dir", default=None, help="reports folder (default reports/)")
+    _options.add(parser, "model", "data_dir", "checkpoint_dir", "reports_dir")
     parser.add_argument(
         "--cache-dir", default=None, help=f"neighbour feature cache (default {neighbours.DEFAULT_CACHE_DIR})"
     )

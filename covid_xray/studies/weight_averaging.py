@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from covid_xray import config
+from covid_xray.studies import _options
 
 REPORT_FILE = config.CV_WEIGHT_AVERAGING_FILE
 
@@ -153,13 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=config.WEIGHT_AVERAGING_COMMAND, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("compare", help="paired out-of-fold comparison of two recipes' fold runs")
-    p.add_argument("--model", choices=sorted(config.MODELS), default="davidnet")
+    _options.add(p, "model")
     p.add_argument("--reference", nargs="+", required=True, help="fold runs of the shipped recipe")
     p.add_argument("--candidate", nargs="+", required=True, help="fold runs of the recipe tried")
     p.add_argument("--candidate-name", default="weight averaging", help="what the candidate is, in words")
     p.add_argument("--candidate-flags", default="", help="train.py flags the candidate adds")
-    p.add_argument("--data-dir", default=None, help="dataset root (else $COVID_XRAY_DATA)")
-    p.add_argument("--reports-dir", default=None, help="reports folder (default reports/)")
+    _options.add(p, "data_dir", "reports_dir")
     p.add_argument("--note", default=None, help="free text stored in the report (how the folds were run)")
     args = parser.parse_args(argv)
     try:
