@@ -56,21 +56,28 @@ def first_start(data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(first_start):
+def browser():
+    """One chromium for the module (Playwright's sync API allows one running instance at a time)."""
     from playwright.sync_api import sync_playwright
 
-    app, _, _ = first_start
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1366, "height": 900})
-            page.set_default_timeout(TIMEOUT_MS)
-            errors = ConsoleErrors(page)
-            page.goto(app.url)
-            yield page
-            errors.check()
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(first_start, browser):
+    app, _, _ = first_start
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    errors = ConsoleErrors(page)
+    page.goto(app.url)
+    yield page
+    errors.check()
+    page.close()
 
 
 def test_the_page_comes_up_with_davidnet_then_follows_provisioning(first_start, page, data_dir):
@@ -137,10 +144,8 @@ def test_the_page_comes_up_with_davidnet_then_follows_provisioning(first_start, 
 # A first start that cannot bring what it lacks: every tab says so, in the same words.
 # ---------------------------------------------------------------------------
 @contextlib.contextmanager
-def _failed_start_page(tmp_path_factory, tag: str, env: dict, routes=None, faults=None):
+def _failed_start_page(browser, tmp_path_factory, tag: str, env: dict, routes=None, faults=None):
     """`python app.py` against a loopback server that fails; yields (page, errors, app)."""
-    from playwright.sync_api import sync_playwright
-
     folder = tmp_path_factory.mktemp(tag)
     with LoopbackServer(routes, faults=faults) as standins:
         env = {
@@ -153,16 +158,14 @@ def _failed_start_page(tmp_path_factory, tag: str, env: dict, routes=None, fault
         }
         with AppServer.start(config.CHECKPOINT_DIR, folder, env=env, tag=tag) as app:
             app.wait_until_up(600, poll_s=0.5)
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                try:
-                    page = browser.new_page(viewport={"width": 1366, "height": 900})
-                    page.set_default_timeout(TIMEOUT_MS)
-                    errors = ConsoleErrors(page)
-                    page.goto(app.url)
-                    yield page, errors, app
-                finally:
-                    browser.close()
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            try:
+                page.set_default_timeout(TIMEOUT_MS)
+                errors = ConsoleErrors(page)
+                page.goto(app.url)
+                yield page, errors, app
+            finally:
+                page.close()
 
 
 def _wait_until_settled(page, app) -> str:
@@ -206,11 +209,13 @@ def _no_curated_example_is_flagged(page) -> None:
         assert "may not be a frontal chest X-ray" not in warning, (example.file, warning)
 
 
-def test_without_internet_the_tabs_say_the_images_are_missing_and_show_no_empty_boxes(tmp_path_factory):
+def test_without_internet_the_tabs_say_the_images_are_missing_and_show_no_empty_boxes(
+    browser, tmp_path_factory
+):
     from playwright.sync_api import expect
 
     with _failed_start_page(
-        tmp_path_factory, "no_internet", {config.DATA_ENV_VAR: ""}, routes={}
+        browser, tmp_path_factory, "no_internet", {config.DATA_ENV_VAR: ""}, routes={}
     ) as (page, errors, app):
         message = _wait_until_settled(page, app)
         assert "being prepared" not in message
@@ -230,9 +235,13 @@ def test_without_internet_the_tabs_say_the_images_are_missing_and_show_no_empty_
         errors.check()
 
 
-def test_a_failed_chexnet_download_reads_the_same_on_every_tab(tmp_path_factory, data_dir):
+def test_a_failed_chexnet_download_reads_the_same_on_every_tab(browser, tmp_path_factory, data_dir):
     with _failed_start_page(
-        tmp_path_factory, "weights_fail", {config.DATA_ENV_VAR: data_dir}, faults={"/chexnet.h5": 500}
+        browser,
+        tmp_path_factory,
+        "weights_fail",
+        {config.DATA_ENV_VAR: data_dir},
+        faults={"/chexnet.h5": 500},
     ) as (page, errors, app):
         message = _wait_until_settled(page, app)
         assert "weights" in message and "being prepared" not in message
