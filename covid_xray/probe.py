@@ -109,6 +109,16 @@ def _binary_mask(name: str, size: int) -> np.ndarray:
     return m
 
 
+def region_share(heatmap: np.ndarray, name: str) -> float:
+    """Share of a square heatmap's mass (values >= 0) inside mask `name`'s region (hard edges);
+    NaN for an all-zero map. Heatmap notes read the regions the probe masks this way."""
+    heat = np.asarray(heatmap, dtype=np.float64)
+    if heat.ndim != 2 or heat.shape[0] != heat.shape[1]:
+        raise ValueError(f"Expected a square 2-D heatmap, got shape {heat.shape}.")
+    total = float(heat.sum())
+    return float((heat * _binary_mask(name, heat.shape[0])).sum() / total) if total > 0 else float("nan")
+
+
 @cache
 def mask_weights(name: str, size: int = IMAGE_SIZE) -> np.ndarray:
     """(size, size) float32 weights in [0, 1]: 1 where the mask replaces the image, feathered

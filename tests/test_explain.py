@@ -20,10 +20,12 @@ from tf_keras_vis.utils.scores import CategoricalScore
 
 from covid_xray.config import IMAGE_SIZE, INPUT_SHAPE, MODELS, NUM_CLASSES
 from covid_xray.explain import (
+    BELOW_LUNGS_NOTE,
     BORDER_MAP_NOTE,
     BORDER_NOTE_MIN,
     FLAT_MAP_NOTE,
     METHODS,
+    OUTSIDE_CHEST_NOTE,
     SALIENCY_METHODS,
     SERVED_METHODS,
     SMOOTHGRAD_SEED,
@@ -593,6 +595,25 @@ def test_heatmap_notes_flat_border_and_lungs():
     assert border_mass(mixed) < BORDER_NOTE_MIN and heatmap_notes(mixed) == []
     with pytest.raises(ValueError):
         heatmap_notes(np.zeros((4, 4, 3)))
+
+
+def test_heatmap_notes_say_when_the_map_sits_below_the_lungs_or_outside_the_chest():
+    size = 224
+    yy, xx = np.mgrid[0:size, 0:size]
+    # The abdomen: a blob centred low in the image, inside the side borders.
+    abdomen = np.exp(-(((yy - 195) / 14.0) ** 2 + ((xx - 112) / 45.0) ** 2)).astype(np.float32)
+    assert border_mass(abdomen) < BORDER_NOTE_MIN
+    assert heatmap_notes(abdomen) == [BELOW_LUNGS_NOTE]
+    # Both shoulders: high and wide, outside the chest box but above the lungs' bottom.
+    shoulders = np.zeros((size, size), np.float32)
+    shoulders[30:80, 23:31] = 1.0
+    shoulders[30:80, 193:201] = 1.0
+    assert border_mass(shoulders) < BORDER_NOTE_MIN
+    assert heatmap_notes(shoulders) == [OUTSIDE_CHEST_NOTE]
+    # One note at most: a map on the border band is the border's.
+    band = np.zeros((size, size), np.float32)
+    band[-20:, :] = 1.0
+    assert heatmap_notes(band) == [BORDER_MAP_NOTE]
 
 
 def test_overlay_accepts_grayscale():

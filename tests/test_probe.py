@@ -139,3 +139,15 @@ def test_temperature_changes_probabilities_not_answers(film):
     warm = probe.Probe(model, "unit", temperature=3.0).run(image)
     assert [o.flipped for o in warm.outcomes] == [o.flipped for o in raw.outcomes]
     assert warm.probabilities["Covid"] < raw.probabilities["Covid"]
+
+
+def test_region_share_is_the_mass_inside_a_probe_region():
+    uniform = np.ones((224, 224))
+    for name in probe.MASK_NAMES:
+        assert probe.region_share(uniform, name) == pytest.approx(probe._binary_mask(name, 224).mean())
+    low = np.zeros((224, 224))
+    low[200:, 100:120] = 1.0
+    assert probe.region_share(low, "below_lungs") == pytest.approx(1.0)
+    assert np.isnan(probe.region_share(np.zeros((50, 50)), "chest"))
+    with pytest.raises(ValueError):
+        probe.region_share(np.zeros((10, 20)), "chest")
