@@ -49,7 +49,7 @@ def cv_markdown(name: str, reports_dir: str | os.PathLike | None = None) -> str:
         return ""
     text = (
         f"**Cross-validation.** The shipped training recipe, cross-validated on the train folder "
-        f"({sweep.get('folds')} folds, out-of-fold predictions of {n} images, {len(runs)} seed(s)): "
+        f"({sweep.get('folds')} folds, out-of-fold predictions of {n} images, {len(runs)} seed{'s' if len(runs) != 1 else ''}): "
         f"accuracy {_fmt(oof, True)}"
     )
     test_recall = {c: ((official.get("per_class") or {}).get(c) or {}).get("recall") for c in CLASS_NAMES}

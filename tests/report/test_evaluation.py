@@ -175,7 +175,7 @@ def test_cv_markdown_sets_cross_validation_beside_test(tmp_path):
     }
     (reports / "davidnet" / "cv_sweep.json").write_text(json.dumps(sweep))
     text = report.cv_markdown("davidnet", reports)
-    assert "5 folds, out-of-fold predictions of 251 images, 1 seed(s)" in text
+    assert "5 folds, out-of-fold predictions of 251 images, 1 seed)" in text
     assert "accuracy 91.2% against 80.0% on the official test" in text
     viral = config.CLASS_DISPLAY_NAMES["Viral Pneumonia"]
     assert f"{viral} 0.80 vs 0.50" in text
