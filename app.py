@@ -58,10 +58,10 @@ ABOUT_MARKDOWN = (
     "251 training images. It is fast and small, and has seen nothing but this dataset.\n"
     f"- **CheXNet** is DenseNet121 carrying the [CheXNet]({CHEXNET_URL}) weights (trained on 112,120 "
     "chest X-rays of ChestX-ray14 for 14 findings), with a small head trained here for the three classes.\n\n"
-    "Heatmaps (Grad-CAM, Grad-CAM++, Score-CAM) show where the model looked: red marks the pixels with "
-    "the most influence on the class shown, which is not always the disease (text markers and the "
-    "image border are common shortcuts). A model's probabilities are calibrated by temperature "
-    "scaling fitted on held-out predictions (cross-validation) when they can identify a "
+    "Heatmaps (Grad-CAM, Grad-CAM++, Score-CAM, SmoothGrad) show where the model looked: red marks the "
+    "pixels with the most influence on the class shown, which is not always the disease (text "
+    "markers and the image border are common shortcuts). A model's probabilities are calibrated by "
+    "temperature scaling fitted on held-out predictions (cross-validation) when they can identify a "
     'temperature, and are labelled "calibrated" then; otherwise they are the model\'s raw softmax, '
     'labelled "raw" (the Model report says why). '
     "Every number on the Model report tab comes from a command in the project's README that anyone "
@@ -367,7 +367,9 @@ def about_state_markdown(runtime: AppRuntime, reports_dir=None, data_dir=None) -
             )
             lines.append(f"- {spec.display_name}: ready{score}.")
         else:
-            lines.append(f"- {spec.display_name}: {runtime.model_message(name)}")
+            message = runtime.model_message(name)  # a sentence that names the model already
+            named = message.startswith(spec.display_name)
+            lines.append(f"- {message}" if named else f"- {spec.display_name}: {message}")
     data = runtime.dataset_message(data_dir)
     lines.append(f"- Test images: {data or 'available (examples, gallery and quiz).'}")
     return "\n".join(lines)
@@ -564,7 +566,11 @@ def _explain_controls() -> tuple[gr.Radio, gr.Slider]:
         [(label, key) for key, label in METHOD_DISPLAY_NAMES.items()],
         value=DEFAULT_METHOD,
         label="Heatmap method",
-        info="Grad-CAM and Grad-CAM++ take well under a second; Score-CAM takes a few seconds.",
+        info=(
+            "Grad-CAM and Grad-CAM++ take well under a second; Score-CAM takes a few seconds. "
+            "SmoothGrad (pixel-level gradients, by tf-keras-vis) takes about a second for DavidNet "
+            "and a few seconds for CheXNet."
+        ),
     )
     alpha = gr.Slider(0.0, 1.0, value=DEFAULT_ALPHA, step=0.05, label="Heatmap opacity")
     return method, alpha
