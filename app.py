@@ -343,6 +343,7 @@ def _model_columns(runtime: AppRuntime, prefix: str) -> list[ModelColumn]:
                     interactive=False,
                     elem_id=f"{prefix}-{name}-overlay",
                     height=380,
+                    format="jpeg",  # served as JPEG: ~1 ms to encode vs ~35 ms as WebP (Gradio's default)
                     **_strip(kwargs[5]),
                 )
             columns.append(ModelColumn(name, message, operator, detail, summary, label, overlay))
@@ -659,7 +660,11 @@ def build_demo(
                     )
                     status = gr.Markdown(elem_id="diagnose-status")
                     preview = gr.Image(
-                        label="Input as decoded", interactive=False, height=300, elem_id="preview"
+                        label="Input as decoded",
+                        interactive=False,
+                        height=300,
+                        elem_id="preview",
+                        format="jpeg",  # as the overlays (see _model_columns)
                     )
                     method, alpha = _explain_controls()
                     gr.Markdown("#### Examples from the test set (click one)")
@@ -1055,23 +1060,53 @@ def blocked_paths() -> list[str]:
     return [str(p) for p in paths if not cache.is_relative_to(p)]
 
 
-def create_app(checkpoint_dir=None, weights_path=None) -> gr.Blocks:
-    """Build the UI at once; load the models and provision what is missing in the background."""
+def create_app(checkpoint_dir=None, weights_path=None, *, runtime: AppRuntime | None = None) -> gr.Blocks:
+    """Build the UI at once; load the models and provision what is missing in the background.
+
+    Given a `runtime` (not started), the page is built on it and the runtime is left for the caller
+    to start: `launch(demo, runtime)` starts it once the server answers (what `python app.py` does).
+    """
+    if runtime is not None:
+        return build_demo(runtime)
     runtime = AppRuntime(checkpoint_dir or os.environ.get(config.CHECKPOINT_DIR_ENV_VAR), weights_path)
     demo = build_demo(runtime)
     runtime.start(background=True)
     return demo
 
 
-def launch(demo: gr.Blocks, **kwargs) -> None:
-    """Serve with a small queue and an upload limit; host and port come from GRADIO_SERVER_*."""
+def launch(demo: gr.Blocks, runtime: AppRuntime | None = None, **kwargs) -> None:
+    """Serve with a small queue and an upload limit; host and port come from GRADIO_SERVER_*.
+
+    A `runtime` given here (not started yet) starts once the server answers: its thread imports
+    TensorFlow and loads the models, which would otherwise compete with Gradio's own start for the
+    CPU and the GIL, and the page would answer seconds later. Blocks until the server stops,
+    unless `prevent_thread_lock=True`.
+    """
+    import sys
+
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT)
     # Uploaded X-rays are patient data: Gradio's run history (kept in the browser, or in a
     # Hugging Face bucket a visitor connects) stays off.
     kwargs.setdefault("run_history", False)
-    demo.launch(max_file_size=config.MAX_UPLOAD_BYTES, blocked_paths=blocked_paths(), **kwargs)
+    # As Gradio does: block unless asked not to, or in an interactive session.
+    interactive = bool(sys.flags.interactive or hasattr(sys, "ps1"))
+    block = not kwargs.pop("prevent_thread_lock", False) and not interactive
+    if runtime is not None and (kwargs.get("debug") or os.environ.get("GRADIO_DEBUG") == "1"):
+        runtime.start(background=True)  # Gradio's debug mode blocks inside launch()
+        runtime = None
+    demo.launch(
+        max_file_size=config.MAX_UPLOAD_BYTES,
+        blocked_paths=blocked_paths(),
+        prevent_thread_lock=True,
+        **kwargs,
+    )
+    if runtime is not None:
+        runtime.start(background=True)
+    if block:
+        demo.block_thread()
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    launch(create_app())
+    _runtime = AppRuntime(os.environ.get(config.CHECKPOINT_DIR_ENV_VAR))
+    launch(create_app(runtime=_runtime), _runtime)

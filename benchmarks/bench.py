@@ -85,6 +85,10 @@ SERVER_START_TIMEOUT_S = 300
 UPLOAD_ELEM_ID = "upload"
 # Seconds between two /predict calls while the app loads its models (time to "model answers").
 MODEL_POLL_S = 0.1
+# Those calls send a PROBE_SIDE x PROBE_SIDE copy of a test image: a full-size one costs the server
+# ~150 ms of CPU per call even before any model is loaded (Gradio's upload, decode, input check),
+# which slowed the very loading being timed.
+PROBE_SIDE = 64
 REQUEST_TIMEOUT_S = 120
 ALPHA = 0.4
 # CheXNet feature extraction: batch sizes timed side by side.
@@ -596,6 +600,17 @@ def bench_app(results: Results, folders: dict[str, Path], work: Path, images: Im
                 results.set(row.key, "failed (see notes)")
 
 
+def probe_image(work: Path, source: Path) -> Path:
+    """A small PNG copy of `source` in `work` (made once) for polling the app while it loads."""
+    from PIL import Image
+
+    probe = work / f"probe_{PROBE_SIDE}.png"
+    if not probe.exists():
+        with Image.open(source) as image:
+            image.convert("RGB").resize((PROBE_SIDE, PROBE_SIDE)).save(probe)
+    return probe
+
+
 def _wait_for_models(client: AppClient, names: tuple[str, ...], path, started: float) -> dict[str, float]:
     """Seconds from spawn until each model in `names` answers the /predict API (polled)."""
     answered: dict[str, float] = {}
@@ -625,7 +640,7 @@ def _bench_one_app(results: Results, subset: str, checkpoint_dir: Path, work: Pa
         up = app.wait_until_up(SERVER_START_TIMEOUT_S, poll_s=0.05)
         client = AppClient(app.url)
         names = tuple(config.MODELS) if subset == "both" else (subset,)
-        answered = _wait_for_models(client, names, images.paths[0], app.started)
+        answered = _wait_for_models(client, names, probe_image(work, images.paths[0]), app.started)
         if subset == "both":
             results.set("page_up", f"{up:.1f} s", up <= 5.0, seconds=up)
             david = answered["davidnet"]

@@ -7,6 +7,9 @@
 - `Predictor.predict(method=None)` (the API) against `method="gradcam"` on real test images.
 - `training.extract_features` (one trace per model, free batch size) against a plain per-batch
   call of the base model, at several batch sizes.
+- The page's heatmap overlays and decoded preview are sent as JPEG (cheaper to encode than
+  Gradio's default WebP): the files Gradio serves are JPEGs of the arrays' size and pixels (JPEG
+  round-off only); the arrays themselves are computed as before.
 
 No timings are asserted here: `benchmarks/bench.py` measures them.
 """
@@ -131,3 +134,38 @@ def test_extract_features_traces_once_and_matches_the_base_model():
     assert seen[:6] == [4, 4, 4, 4, 4, 1] and sum(seen) == 3 * 21
     # One trace for every batch size and call (the old code traced twice per call).
     assert training._pooled_function(base).experimental_get_tracing_count() == 1
+
+
+# Mean absolute difference (0-255 levels) between an array and the JPEG Gradio serves for it: JPEG's
+# round-off at its default quality stays well below this; another image is tens of levels away.
+MAX_JPEG_MEAN_ERROR = 4.0
+
+
+def test_overlays_and_preview_are_served_as_jpegs_of_the_same_pixels(
+    runtime_davidnet, predictor_davidnet, reports_dir, data_dir
+):
+    from PIL import Image
+
+    import app
+
+    demo = app.build_demo(runtime_davidnet, reports_dir=reports_dir, data_dir=data_dir)
+    blocks = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    image = data_dir / "test" / "Covid" / "0100.jpeg"
+    result = predictor_davidnet.predict(str(image), method="gradcam")
+    overlay = result.models["davidnet"].overlay
+    served = {"preview": result.image}
+    for prefix in ("diagnose", "gallery", "quiz"):
+        for name in MODELS:
+            served[f"{prefix}-{name}-overlay"] = overlay
+    for elem_id, array in served.items():
+        payload = blocks[elem_id].postprocess(array)  # what Gradio writes to its cache and serves
+        with Image.open(payload.path) as sent:
+            assert sent.format == "JPEG", elem_id
+            assert sent.size == (array.shape[1], array.shape[0]), elem_id
+            decoded = np.asarray(sent.convert("RGB"), np.float64)
+        error = np.abs(decoded - array).mean()
+        assert error < MAX_JPEG_MEAN_ERROR, (elem_id, error)
+    # The check tells images apart: the preview's JPEG is far from the overlay.
+    with Image.open(blocks["preview"].postprocess(result.image).path) as sent:
+        preview_jpeg = np.asarray(sent.convert("RGB"), np.float64)
+    assert np.abs(preview_jpeg - overlay[:, : preview_jpeg.shape[1]]).mean() > 5 * MAX_JPEG_MEAN_ERROR
