@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from covid_xray import config
@@ -37,9 +38,20 @@ def test_command_on_a_folder_prints_the_api_json_of_every_image(data_dir, checkp
     folder = data_dir / "test" / "Viral Pneumonia"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     completed = subprocess.run(
-        [sys.executable, "-m", "covid_xray.predict", str(folder), "--json", "--checkpoint-dir",
-         str(checkpoint_dir_davidnet)],
-        cwd=config.PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "covid_xray.predict",
+            str(folder),
+            "--json",
+            "--checkpoint-dir",
+            str(checkpoint_dir_davidnet),
+        ],
+        cwd=config.PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     lines = [json.loads(line) for line in completed.stdout.splitlines()]
@@ -52,3 +64,66 @@ def test_command_on_a_folder_prints_the_api_json_of_every_image(data_dir, checkp
         for name, p in expected["davidnet"]["probabilities"].items():
             assert entry["davidnet"]["probabilities"][name] == pytest.approx(p, abs=1e-6)
         assert entry["chexnet"]["available"] is False
+
+
+def test_hidden_modules_cannot_be_imported_inside_the_block_only(tmp_path, monkeypatch):
+    from covid_xray.predict import hidden_modules
+
+    (tmp_path / "covid_probe_module.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "covid_probe_module", raising=False)
+    with hidden_modules(("covid_probe_module", "json")):
+        with pytest.raises(ImportError):
+            import covid_probe_module  # noqa: F401
+        import json as already_imported  # imported before the block: left alone
+
+        assert already_imported.dumps(1) == "1"
+    import covid_probe_module
+
+    assert covid_probe_module.VALUE == 1
+
+
+# Modules the command must not import: the app's UI library, and libraries that Keras imports for
+# features the command does not use; matplotlib only with --heatmap-dir (its colour map).
+HEAVY_MODULES = ("gradio", "sklearn", "pandas", "matplotlib")
+_RUN_AND_LIST_MODULES = (
+    "import json, sys\n"
+    "from covid_xray.predict import main\n"
+    "status = main(sys.argv[1:])\n"
+    f"print('MODULES ' + json.dumps([m for m in {HEAVY_MODULES!r} if m in sys.modules]), file=sys.stderr)\n"
+    "sys.exit(status)\n"
+)
+
+
+@pytest.mark.slow  # TensorFlow processes
+def test_command_imports_only_what_it_needs(data_dir, checkpoint_dir_davidnet, tmp_path):
+    from covid_xray.inference import Predictor
+
+    image = str(data_dir / "test" / "Covid" / "0100.jpeg")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    imported = {}
+    for run, extra in (("plain", []), ("heatmaps", ["--heatmap-dir", str(tmp_path / "maps")])):
+        completed = subprocess.run(
+            [sys.executable, "-c", _RUN_AND_LIST_MODULES, image, "--json"]
+            + ["--checkpoint-dir", str(checkpoint_dir_davidnet), *extra],
+            cwd=config.PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        line = next(x for x in completed.stderr.splitlines() if x.startswith("MODULES "))
+        imported[run] = json.loads(line.removeprefix("MODULES "))
+    assert imported["plain"] == []
+    assert imported["heatmaps"] == ["matplotlib"]  # the overlay's colour map, imported after Keras
+    # The overlay written is the one the predictor computes in this (fully imported) process.
+    from PIL import Image
+
+    predictor = Predictor.from_checkpoints(checkpoint_dir_davidnet, warm_up=False)
+    expected = predictor.predict(image, method="gradcam").models["davidnet"].overlay
+    with Image.open(tmp_path / "maps" / "0100_davidnet.png") as saved:
+        written = np.asarray(saved)
+    assert written.shape == expected.shape
+    # Another process may differ by float round-off (thread counts): one level at most.
+    assert np.abs(written.astype(int) - expected).max() <= 1
