@@ -47,9 +47,10 @@ def cv_markdown(name: str, reports_dir: str | os.PathLike | None = None) -> str:
         oof_recall = {c: sum(r["recall"][c] for r in runs) / len(runs) for c in CLASS_NAMES}
     except (KeyError, TypeError, IndexError, ValueError, ZeroDivisionError):
         return ""
+    seeds = f"{len(runs)} seed" + ("s" if len(runs) != 1 else "")
     text = (
         f"**Cross-validation.** The shipped training recipe, cross-validated on the train folder "
-        f"({sweep.get('folds')} folds, out-of-fold predictions of {n} images, {len(runs)} seed{'s' if len(runs) != 1 else ''}): "
+        f"({sweep.get('folds')} folds, out-of-fold predictions of {n} images, {seeds}): "
         f"accuracy {_fmt(oof, True)}"
     )
     test_recall = {c: ((official.get("per_class") or {}).get(c) or {}).get("recall") for c in CLASS_NAMES}
