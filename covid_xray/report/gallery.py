@@ -302,8 +302,7 @@ def gallery_items(
     items, shown = [], []
     for case in cases:
         try:
-            path = case.path(data_dir)
-            items.append((_thumbnail(str(path), stamp(path), THUMBNAIL_SIDE), case.caption(name)))
+            items.append((load_thumbnail(case.file, case.root or data_dir), case.caption(name)))
         except (OSError, imaging.ImageDecodeError, ReportError) as exc:
             logger.warning("Gallery image %s unavailable: %s", case.file, exc)
             continue

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from covid_xray import config
-from covid_xray.downloads import DownloadError, download
+from covid_xray.downloads import DOWNLOAD_TIMEOUT_S, DownloadError, download
 from covid_xray.hashing import sha256_file
 from covid_xray.weights import (
     CHEXNET_KAGGLE_DATASET,
@@ -37,7 +37,6 @@ from covid_xray.weights import (
 
 logger = logging.getLogger(__name__)
 
-DOWNLOAD_TIMEOUT_S = 60
 
 
 def verify_weights_file(path: str | os.PathLike | None = None) -> LoadReport:
