@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="> 1: validate on one fold of a k-fold split of train instead (scripts/sweep.py --folds)",
     )
     p.add_argument("--cv-fold", type=int, default=d.cv_fold, help="which fold (0-based) with --cv-folds")
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="fixed schedule: each phase runs exactly --epochs / --augment-epochs, nothing is chosen on "
+        "validation; trains on all of train (with --cv-folds, the held-out fold is only predicted) "
+        "(python -m covid_xray.studies.refit schedule gives the epochs; not in the paper)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--deterministic", action="store_true", help="enable TensorFlow op determinism (slower)")
     p.add_argument("--zoom", type=float, default=d.zoom, help="augmentation: max zoom fraction")
@@ -191,11 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetNotFoundError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    kept = result.metadata["kept"]
-    print(
-        f"saved {result.checkpoint} (kept {kept['phase']} epoch {kept['epoch']}, "
-        f"val_loss {kept['val_loss']:.4f}, val_accuracy {result.metadata['val_accuracy']:.4f})"
-    )
+    kept, val_acc = result.metadata["kept"], result.metadata["val_accuracy"]
+    scores = "fixed schedule, nothing chosen" if kept["val_loss"] is None else f"val_loss {kept['val_loss']:.4f}"
+    scores += "" if val_acc is None else f", val_accuracy {val_acc:.4f}"
+    print(f"saved {result.checkpoint} (kept {kept['phase']} epoch {kept['epoch']}, {scores})")
     print(next_hint(cfg.model, result.checkpoint, result.run_dir, installed))
     return 0
 

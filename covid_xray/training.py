@@ -57,6 +57,11 @@ class TrainConfig:
     val_fraction: float = 0.2
     cv_folds: int = 0  # > 1: validate on fold `cv_fold` of a k-fold split of train (model selection studies)
     cv_fold: int = 0
+    # Not in the paper: a fixed schedule, nothing chosen on validation. Each phase runs exactly its
+    # epochs (no early stopping, no best epoch kept; the LR plateau watches the training loss); without
+    # cv_folds the model trains on all of train (no validation split), with it the held-out fold is only
+    # predicted (out-of-fold) and logged. The refit study (studies/refit.py) sets the epochs.
+    refit: bool = False
     seed: int = 42
     deterministic: bool = False
     # Augmentation strengths (paper: "some zooming, horizontal flipping, rotation, and shearing").
@@ -91,6 +96,14 @@ class TrainConfig:
             )
         if self.cv_folds > 1 and not 0 <= self.cv_fold < self.cv_folds:
             raise ValueError(f"cv_fold must be in 0..{self.cv_folds - 1}, got {self.cv_fold}.")
+        if self.refit and self.protocol == "paper":
+            raise ValueError(
+                "refit trains on a fixed schedule; the paper protocol selects on the test split."
+            )
+        if self.refit and self.swa_epochs:
+            raise ValueError(
+                "refit and swa_epochs cannot be combined (the averaged weights are judged on validation)."
+            )
 
     @property
     def preprocessing(self) -> str:
@@ -263,17 +276,21 @@ def _epoch_progress_callback(progress: ProgressFn, done_before: int, total: int)
 
 
 def _callbacks(cfg: TrainConfig, run_dir: Path, phase: str, best_so_far: float):
+    """The phase's callbacks and its best-weights keeper (None with `cfg.refit`: nothing is chosen)."""
     import keras
 
-    keep_best = _best_weights_callback()(best=best_so_far)
+    monitor = "loss" if cfg.refit else "val_loss"
+    keep_best = None if cfg.refit else _best_weights_callback()(best=best_so_far)
     callbacks = [
-        keep_best,
         keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr, verbose=0
+            monitor=monitor, factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr, verbose=0
         ),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience),
         keras.callbacks.CSVLogger(str(run_dir / f"log_{phase}.csv")),
     ]
+    if keep_best is not None:
+        callbacks[:0] = [keep_best]
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience)
+        callbacks.insert(2, stop)
     if _tensorflow() is not None:  # TensorBoard's writer is TensorFlow's
         tensorboard_dir = str(run_dir / "tensorboard" / phase)
         callbacks.append(keras.callbacks.TensorBoard(log_dir=tensorboard_dir, write_graph=False))
@@ -290,8 +307,8 @@ def _history_rows(history, phase: str, lr_key: str = "learning_rate") -> list[di
                 "epoch": i + 1,
                 "loss": float(hist["loss"][i]),
                 "accuracy": float(hist["accuracy"][i]),
-                "val_loss": float(hist["val_loss"][i]),
-                "val_accuracy": float(hist["val_accuracy"][i]),
+                "val_loss": float(hist.get("val_loss", [np.nan] * (i + 1))[i]),
+                "val_accuracy": float(hist.get("val_accuracy", [np.nan] * (i + 1))[i]),
                 "lr": float(hist.get(lr_key, [np.nan] * (i + 1))[i]),
             }
         )
@@ -307,7 +324,8 @@ def _fit_phases(
     """Run the plain phase then (optionally) the augmented phase; keep the best val-loss weights.
 
     `model_fn` builds and compiles the model inside the strategy scope; `progress` (a ProgressFn)
-    hears of every epoch.
+    hears of every epoch. With `cfg.refit` every phase runs its full epochs and the last weights are
+    kept; `val_ds` (None when there is no validation) is then only logged.
     Returns (model, history rows, kept dict(phase, epoch, val_loss)).
     """
     with strategy.scope():
@@ -335,7 +353,9 @@ def _fit_phases(
             verbose=cfg.verbose,
         )
         rows += _history_rows(history, phase)
-        if keep_best.best_epoch is not None:
+        if keep_best is None:
+            kept = {"phase": phase, "epoch": len(history.history.get("loss", [])), "val_loss": None}
+        elif keep_best.best_epoch is not None:
             best = keep_best.best
             best_weights = keep_best.best_weights
             kept = {"phase": phase, "epoch": keep_best.best_epoch, "val_loss": best}
@@ -388,7 +408,7 @@ def _train_end_to_end(cfg, splits, arrays, class_weight, run_dir, strategy, prog
     (x_tr, y_tr), (x_va, y_va) = arrays["train"], arrays["val"]
     train_plain = _to_dataset(x_tr, y_tr, cfg, shuffle=True, augment=False)
     train_aug = _to_dataset(x_tr, y_tr, cfg, shuffle=True, augment=True)
-    val_ds = _to_dataset(x_va, y_va, cfg, shuffle=False, augment=False)
+    val_ds = _to_dataset(x_va, y_va, cfg, shuffle=False, augment=False) if len(x_va) else None
 
     def model_fn():
         if cfg.model == "davidnet":
@@ -578,9 +598,9 @@ def _train_chexnet_head(cfg, splits, arrays, class_weight, run_dir, strategy, pr
         head = keras.Model(inputs, outputs, name="chexnet_head")
         return _compile(head, cfg.learning_rate, cfg.label_smoothing, cfg.weight_decay)
 
+    val_ds = head_ds(x_va, y_va, False) if len(x_va) else None
     head, rows, kept = _fit_phases(
-        cfg, head_fn, head_ds(x_tr, y_tr, True), train_aug, head_ds(x_va, y_va, False), class_weight, run_dir,
-        strategy, progress,
+        cfg, head_fn, head_ds(x_tr, y_tr, True), train_aug, val_ds, class_weight, run_dir, strategy, progress
     )
     for name in ("head_dense", "predictions"):
         full.get_layer(name).set_weights(head.get_layer(name).get_weights())
@@ -656,6 +676,8 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
         cfg.data_dir, protocol=cfg.protocol, val_fraction=cfg.val_fraction, seed=cfg.seed,
         cv_folds=cfg.cv_folds, cv_fold=cfg.cv_fold,
     )
+    if cfg.refit and cfg.cv_folds <= 1:  # nothing to choose, so no validation split: all of train
+        splits = {**splits, "train": splits["train"] + splits["val"], "val": []}
     if cfg.max_per_class:
         splits = {k: _limit_per_class(v, cfg.max_per_class) for k, v in splits.items()}
     arrays = {k: data.load_arrays(v) for k, v in splits.items() if k in ("train", "val")}
@@ -675,9 +697,11 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     val_x, val_y = arrays["val"]
     from covid_xray.preprocessing import normalize
 
-    val_probs = model.predict(normalize(val_x, cfg.preprocessing), batch_size=32, verbose=0)
-    val_acc = float(np.mean(np.argmax(val_probs, axis=1) == val_y))
-    write_val_predictions(splits["val"], val_probs, run_dir / "val_predictions.csv")
+    val_acc = None
+    if len(val_x):
+        val_probs = model.predict(normalize(val_x, cfg.preprocessing), batch_size=32, verbose=0)
+        val_acc = float(np.mean(np.argmax(val_probs, axis=1) == val_y))
+        write_val_predictions(splits["val"], val_probs, run_dir / "val_predictions.csv")
 
     all_samples = [s for v in splits.values() for s in v]
     metadata = {
@@ -708,11 +732,19 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     record = save_checkpoint(model, checkpoint, metadata)
     write_history(rows, checkpoint.with_name(f"{cfg.model}_history.csv"))
     write_history(rows, run_dir / "history.csv")
-    log.info("saved %s (kept %s epoch %s, val acc %.3f)", checkpoint, kept["phase"], kept["epoch"], val_acc)
+    log.info(
+        "saved %s (kept %s epoch %s, val acc %s)", checkpoint, kept["phase"], kept["epoch"],
+        "none" if val_acc is None else f"{val_acc:.3f}",
+    )
     return TrainResult(checkpoint=checkpoint, metadata=record, history=rows, run_dir=run_dir)
 
 
 def _selection(cfg: TrainConfig) -> str:
+    if cfg.refit:
+        held_out = "all of train"
+        if cfg.cv_folds > 1:
+            held_out = f"fold {cfg.cv_fold} of a {cfg.cv_folds}-fold split held out"
+        return f"none: fixed schedule (refit; {held_out})"
     if cfg.protocol == "paper":
         return "test split (paper protocol)"
     if cfg.cv_folds > 1:

@@ -147,6 +147,63 @@ def test_fit_phases_restores_best_weights_when_a_later_phase_never_improves(tmp_
     assert final_loss == pytest.approx(kept["val_loss"], rel=1e-4)
 
 
+def test_refit_runs_every_epoch_and_keeps_the_last_weights(tmp_path):
+    """--refit: no early stopping and no best epoch; the model saved is the one after the last epoch,
+    even though validation (only logged) got worse; without validation data it trains all the same."""
+    import keras
+    import tensorflow as tf
+
+    from covid_xray.training import _compile, _fit_phases
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = keras.utils.to_categorical((x[:, 0] > 0).astype(int), 3)
+    plain = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    flipped = tf.data.Dataset.from_tensor_slices((x, y[:, [1, 0, 2]])).batch(16)
+    val = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+
+    def model_fn():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4,))
+        return _compile(keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs)), 0.3)
+
+    cfg = TrainConfig(epochs=6, augment_epochs=4, early_stopping_patience=1, refit=True, verbose=0)
+    model, rows, kept = _fit_phases(cfg, model_fn, plain, flipped, val, None, tmp_path, tf.distribute.get_strategy())
+    assert [r["phase"] for r in rows] == ["plain"] * 6 + ["augmented"] * 4  # patience 1 stopped nothing
+    assert kept == {"phase": "augmented", "epoch": 4, "val_loss": None}
+    last_val = rows[-1]["val_loss"]
+    assert last_val > min(r["val_loss"] for r in rows)  # a selecting run would have kept an earlier epoch
+    assert model.evaluate(val, verbose=0)[0] == pytest.approx(last_val, rel=1e-4)
+
+    cfg = TrainConfig(epochs=6, augment_epochs=0, early_stopping_patience=1, refit=True, verbose=0)
+    model, rows, kept = _fit_phases(cfg, model_fn, plain, None, None, None, tmp_path, tf.distribute.get_strategy())
+    assert len(rows) == 6 and all(np.isnan(r["val_loss"]) for r in rows) and kept["epoch"] == 6
+    with pytest.raises(ValueError, match="paper protocol"):
+        TrainConfig(refit=True, protocol="paper")
+
+
+def test_refit_cli_trains_on_all_of_train_or_predicts_the_held_out_fold(tmp_path, data_dir):
+    """`train.py --refit`: without folds every train image is trained on and nothing is validated;
+    with --cv-folds the held-out fold is predicted (out of fold) but chooses nothing."""
+    for name, extra in (("all", []), ("fold", ["--cv-folds", "3", "--cv-fold", "1"])):
+        run = tmp_path / name
+        result = run_cli(
+            ["train.py", "--model", "davidnet", "--data-dir", str(data_dir), "--refit", *TINY, "--epochs", "2",
+             "--run-dir", str(run), *extra]
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        meta = json.loads((run / "davidnet.json").read_text())
+        assert meta["config"]["refit"] is True and meta["kept"] == {"phase": "augmented", "epoch": 1, "val_loss": None}
+        assert meta["epochs_run"] == {"plain": 2, "augmented": 1}
+        if name == "all":
+            assert meta["split_sizes"]["val"] == 0 and meta["split_sizes"]["train"] == 12  # 4 per class
+            assert meta["val_accuracy"] is None and not (run / "val_predictions.csv").exists()
+            assert meta["selection"] == "none: fixed schedule (refit; all of train)"
+        else:
+            assert meta["split_sizes"]["val"] > 0 and (run / "val_predictions.csv").exists()
+            assert meta["selection"].startswith("none: fixed schedule (refit; fold 1 of a 3-fold split")
+
+
 def test_limit_per_class_keeps_order():
     from covid_xray.data import Sample
 
