@@ -257,6 +257,7 @@ FAITHFULNESS_PLOT_FILE = "faithfulness.png"
 SHORTCUTS_FILE = "shortcuts.json"
 CV_SWEEP_FILE = "cv_sweep.json"
 CV_WEIGHT_AVERAGING_FILE = "cv_weight_averaging.json"
+CV_REFIT_FILE = "cv_refit.json"
 
 # ---------------------------------------------------------------------------
 # Commands quoted in messages and reports (one home each; `{name}` is a model name).
@@ -271,6 +272,7 @@ SHORTCUTS_COMMAND = f"{STUDIES}.shortcuts --model {{name}}"
 OOD_COMMAND = f"{STUDIES}.ood"
 NEIGHBOURS_COMMAND = f"{STUDIES}.neighbours"
 WEIGHT_AVERAGING_COMMAND = f"{STUDIES}.weight_averaging"
+REFIT_COMMAND = f"{STUDIES}.refit"
 DATA_COMMAND = f"{STUDIES}.data"
 DOWNLOAD_COMMAND = f"{DATA_COMMAND} download"
 WEIGHTS_COMMAND = f"{STUDIES}.weights"

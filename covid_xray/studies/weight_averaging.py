@@ -105,8 +105,16 @@ def compare(
     data_dir: str | None = None,
     reports_dir: str | os.PathLike | None = None,
     note: str | None = None,
+    report_file: str = REPORT_FILE,
+    extra: dict | None = None,
+    per_image: bool = False,
 ) -> dict:
-    """Score both recipes out of fold, apply `RULE`, write reports/<model>/cv_weight_averaging.json."""
+    """Score both recipes out of fold, apply `RULE`, write reports/<model>/`report_file`.
+
+    `extra` adds fields to the report (a study's own record, e.g. the refit schedule); `per_image`
+    keeps each recipe's per-image (log loss, correct), so a later candidate can be paired with these
+    folds without rerunning them.
+    """
     from covid_xray.checkpoints import write_json
 
     if expected_files is None:
@@ -123,15 +131,18 @@ def compare(
         )
     diff = _sweep_module().paired_difference(tried, reference)
     diff = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in diff.items()}
+    def scores(recipe: dict) -> dict:
+        out = {k: v for k, v in recipe.items() if k != "seeds"}
+        if per_image:
+            (seed_scores,) = recipe["seeds"].values()
+            out["per_image"] = {f: [round(v, 6), c] for f, (v, c) in sorted(seed_scores["per_image"].items())}
+        return out
+
     report = {
         "model": name,
         "rule": RULE,
-        "reference": {"recipe": "shipped recipe", **{k: v for k, v in reference.items() if k != "seeds"}},
-        "candidate": {
-            "recipe": candidate,
-            "flags": candidate_flags,
-            **{k: v for k, v in tried.items() if k != "seeds"},
-        },
+        "reference": {"recipe": "shipped recipe", **scores(reference)},
+        "candidate": {"recipe": candidate, "flags": candidate_flags, **scores(tried)},
         "paired_difference": diff,
         "decision": (
             f"ship {candidate}: lower OOF log loss beyond two standard errors"
@@ -140,9 +151,10 @@ def compare(
             f"(difference {diff['log_loss']:+.4f} +- {diff['log_loss_se']:.4f} per image)"
         ),
         "test_read": False,
+        **(extra or {}),
         "note": note,
     }
-    write_json(config.get_model_spec(name).report_dir(reports_dir) / REPORT_FILE, report)
+    write_json(config.get_model_spec(name).report_dir(reports_dir) / report_file, report)
     return report
 
 
