@@ -21,7 +21,8 @@ def _reference(root, files, labels, probs):
     for run, (phase, epoch, plain, augmented) in zip(runs, KEPT, strict=True):
         meta_path = run / "ckpt" / "davidnet.json"
         meta = json.loads(meta_path.read_text())
-        meta.update(kept={"phase": phase, "epoch": epoch}, epochs_run={"plain": plain, "augmented": augmented})
+        meta["kept"] = {"phase": phase, "epoch": epoch}
+        meta["epochs_run"] = {"plain": plain, "augmented": augmented}
         meta_path.write_text(json.dumps(meta))
     return runs
 
@@ -38,9 +39,10 @@ def _as_refit(runs, plan):
 
 
 def test_fold_choice_counts_every_epoch_the_kept_model_saw():
-    assert refit.fold_choice({"kept": {"phase": "plain", "epoch": 13}, "epochs_run": {"plain": 19}}) == (13, 0)
+    plain = {"kept": {"phase": "plain", "epoch": 13}, "epochs_run": {"plain": 19}}
+    assert refit.fold_choice(plain) == (13, 0)
     meta = {"kept": {"phase": "augmented", "epoch": 6}, "epochs_run": {"plain": 13, "augmented": 12}}
-    assert refit.fold_choice(meta) == (13, 6)  # the augmented phase starts from the plain phase's last weights
+    assert refit.fold_choice(meta) == (13, 6)  # augmented epochs start from the plain phase's last weights
     with pytest.raises(ValueError, match="kept no epoch"):
         refit.fold_choice({"kept": {"phase": None, "epoch": None}})
 
@@ -76,7 +78,8 @@ def test_compare_checks_the_schedule_then_writes_both_recipes_per_image(tmp_path
     assert report["paired_difference"]["better"] is True and report["rule"] == refit.RULE
     assert report["schedule"]["rule"] == refit.SCHEDULE_RULE
     assert report["refit_command"].endswith("--refit --epochs 13 --augment-epochs 0")
-    assert sorted(report["reference"]["per_image"]) == sorted(files) == sorted(report["candidate"]["per_image"])
+    assert sorted(report["reference"]["per_image"]) == sorted(files)
+    assert sorted(report["candidate"]["per_image"]) == sorted(files)
     loss, correct = report["candidate"]["per_image"][files[0]]
     assert loss == pytest.approx(-np.log(sharper[0, labels[0]]), abs=1e-5) and correct is True
     written = json.loads((tmp_path / "reports" / "davidnet" / "cv_refit.json").read_text())
