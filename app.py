@@ -428,7 +428,7 @@ def report_updates(name: str, reports_dir=None) -> list:
     for subset in config.TEST_SUBSET_TITLES:
         image = report.load_confusion_image(name, subset, reports_dir)
         confusion.append(gr.update(value=image, visible=image is not None))
-    figure = report.plot_history(name, reports_dir) if evaluated else None
+    history = report.history_image(name, reports_dir) if evaluated else None
     detail = (
         ""
         if evaluated
@@ -452,7 +452,7 @@ def report_updates(name: str, reports_dir=None) -> list:
         gr.update(visible=bool(detail)),
         gr.update(value=detail_markdown(detail)),
         *confusion,
-        gr.update(value=figure, visible=figure is not None),
+        gr.update(value=history, visible=history is not None),
         *extras,
     ]
 
@@ -469,7 +469,7 @@ def _report_panel(name: str, reports_dir=None) -> ReportPanel:
                 gr.Image(label=f"Confusion matrix, {title.lower()}", interactive=False, **updates[3 + offset])
             )
     n = 3 + len(confusion)
-    history = gr.Plot(label="Training curves", **updates[n])
+    history = gr.Image(label="Training curves", interactive=False, buttons=["fullscreen"], **updates[n])
     calib = gr.Markdown(elem_id=f"calibration-{name}", **updates[n + 1])
     reliability = gr.Image(
         label="Reliability diagram", interactive=False, buttons=["fullscreen"], **updates[n + 2]

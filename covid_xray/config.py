@@ -247,6 +247,7 @@ PREDICTIONS_FILE = "predictions.csv"
 PREDICTION_COLUMNS = ("file", "true", "predicted", "confidence", *(f"p_{c}" for c in CLASS_NAMES), "leaked")
 FOLDER_PREDICTION_COLUMNS = (*PREDICTION_COLUMNS[:-1], "group")
 HISTORY_FILE = "history.csv"
+HISTORY_PLOT_FILE = "training_curves.png"  # drawn from HISTORY_FILE by evaluation
 CONFUSION_FILE = "confusion_{subset}.png"  # subset: a TEST_SUBSET_TITLES key, or "all"
 CALIBRATION_FILE = "calibration.json"
 RELIABILITY_FILE = "reliability.png"

@@ -17,8 +17,11 @@ from covid_xray.report.evaluation import (
     audit_markdown,
     cv_markdown,
     external_sets_markdown,
+    history_image,
+    history_image_path,
     metrics_markdown,
     plot_history,
+    save_history_plot,
 )
 from covid_xray.report.faithfulness import faithfulness_image_path, faithfulness_markdown
 from covid_xray.report.files import (
@@ -82,7 +85,10 @@ __all__ = [
     "load_thumbnail",
     "metrics_markdown",
     "missing_data_message",
+    "history_image",
+    "history_image_path",
     "plot_history",
+    "save_history_plot",
     "reliability_image_path",
     "resolve_dataset_file",
     "shortcut_markdown",

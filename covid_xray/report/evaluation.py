@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,8 @@ from covid_xray.report.files import (
     load_cv_sweep,
     load_history,
     load_metrics,
+    load_png,
+    model_file,
     read_json,
 )
 
@@ -68,15 +71,53 @@ def cv_markdown(name: str, reports_dir: str | os.PathLike | None = None) -> str:
     return text
 
 
+def history_image_path(name: str, reports_dir: str | os.PathLike | None = None) -> Path | None:
+    """The training-curves PNG evaluation draws (`save_history_plot`), or None when it is missing."""
+    path = model_file(name, config.HISTORY_PLOT_FILE, reports_dir)
+    return path if path.is_file() else None
+
+
+def history_image(name: str, reports_dir: str | os.PathLike | None = None) -> np.ndarray | None:
+    """The training curves as a uint8 RGB array: the PNG evaluation drew, or, for a reports folder
+    evaluated before that PNG existed, the figure drawn now from history.csv; None without curves."""
+    path = history_image_path(name, reports_dir)
+    if path is not None:
+        return load_png(path)
+    figure = plot_history(name, reports_dir)
+    if figure is None:
+        return None
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
 def plot_history(name: str, reports_dir: str | os.PathLike | None = None):
-    """Loss and accuracy curves (train and validation) as a matplotlib Figure, or None.
+    """The model's training curves (reports/<model>/history.csv) as a matplotlib Figure, or None."""
+    history = load_history(name, reports_dir)
+    return history_figure(history, name) if history else None
+
+
+def save_history_plot(history, name: str, path: str | os.PathLike) -> bool:
+    """Draw `history_figure` into a PNG (no software stamp, so it regenerates byte for byte).
+
+    Returns False, writing nothing, when there are no rows.
+    """
+    if not history:
+        return False
+    history_figure(history, name).savefig(path, format="png", metadata={"Software": None})
+    return True
+
+
+def history_figure(history, name: str):
+    """Loss and accuracy curves (train, and validation where every epoch has one) as a Figure.
 
     Rows are plotted in file order (epochs of successive phases follow each other); a dotted
     line marks each phase change (e.g. initial training, then augmentation).
     """
-    history = load_history(name, reports_dir)
-    if not history:
-        return None
     import matplotlib
 
     matplotlib.use("Agg")

@@ -222,12 +222,16 @@ def _read_history(path: str, stamp: int | None) -> tuple[dict[str, Any], ...] | 
     return tuple(rows)
 
 
+def read_history(path: str | os.PathLike) -> tuple[dict[str, Any], ...] | None:
+    """A training-curves CSV (`epoch,loss,accuracy,val_loss,val_accuracy,lr[,phase]`), or None."""
+    return _read_history(str(path), stamp(Path(path)))
+
+
 def load_history(
     name: str, reports_dir: str | os.PathLike | None = None
 ) -> tuple[dict[str, Any], ...] | None:
-    """Training curves (`epoch,loss,accuracy,val_loss,val_accuracy,lr[,phase]`), or None."""
-    path = model_file(name, config.HISTORY_FILE, reports_dir)
-    return _read_history(str(path), stamp(path))
+    """A model's training curves (`read_history` of reports/<model>/history.csv), or None."""
+    return read_history(model_file(name, config.HISTORY_FILE, reports_dir))
 
 
 def evaluated_sets(name: str, reports_dir: str | os.PathLike | None = None) -> list[tuple[str, str, Path]]:

@@ -6,7 +6,8 @@ Writes to `reports/<model>/` (see docs/ARCHITECTURE.md for the formats):
   exact or near duplicate in train, per the leakage audit);
 - predictions.csv: one row per test image;
 - confusion_official.png, confusion_leakage_free.png;
-- history.csv: the training curves copied from the checkpoint's run.
+- history.csv: the training curves copied from the checkpoint's run, and training_curves.png drawn
+  from them.
 
 Any labelled folder (a user's own films, one subfolder per class; see
 `covid_xray.datasets_external`)::
@@ -37,7 +38,8 @@ import numpy as np
 from covid_xray import config
 from covid_xray.metrics import calibration_summary, compute_metrics, group_breakdown
 from covid_xray.preprocessing import checkpoint_mode
-from covid_xray.report.files import KAGGLE_SET_KEY
+from covid_xray.report.evaluation import save_history_plot
+from covid_xray.report.files import KAGGLE_SET_KEY, read_history
 from covid_xray.studies import _options
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -174,6 +176,7 @@ def evaluate_model(
     history = ckpt.with_name(f"{name}_history.csv")
     if history.exists():
         shutil.copyfile(history, out / config.HISTORY_FILE)
+        save_history_plot(read_history(history), name, out / config.HISTORY_PLOT_FILE)
     log.info("%d test images in %.2f s (%.1f images/s)", len(test), seconds, len(test) / max(seconds, 1e-9))
     return metrics
 

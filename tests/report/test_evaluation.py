@@ -69,6 +69,25 @@ def test_training_curves_plot(reports_dir, tmp_path):
     assert report.plot_history("davidnet", tmp_path) is None
 
 
+def test_training_curves_image_is_the_png_evaluation_drew_else_drawn_now(reports_dir, tmp_path):
+    """The Model report shows training_curves.png as pixels (nothing drawn while the page is built);
+    a folder evaluated before that PNG existed still gets its curves, drawn from history.csv."""
+    import shutil
+
+    folder = tmp_path / "davidnet"
+    shutil.copytree(reports_dir / "davidnet", folder)
+    assert report.history_image_path("davidnet", tmp_path) is None
+    drawn = report.history_image("davidnet", tmp_path)
+    assert drawn is not None and drawn.ndim == 3 and drawn.shape[2] == 3 and drawn.dtype == np.uint8
+    history = report.load_history("davidnet", tmp_path)
+    assert report.save_history_plot(history, "davidnet", folder / config.HISTORY_PLOT_FILE)
+    assert report.history_image_path("davidnet", tmp_path) == folder / config.HISTORY_PLOT_FILE
+    assert np.array_equal(report.history_image("davidnet", tmp_path), drawn)  # same figure, same pixels
+    assert not report.save_history_plot((), "davidnet", tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+    assert report.history_image("davidnet", tmp_path / "elsewhere") is None
+
+
 def test_training_curves_without_a_phase_column(tmp_path):
     path = tmp_path / "davidnet" / "history.csv"
     path.parent.mkdir()
@@ -105,6 +124,7 @@ def _check_evaluated_model(name, reports_dir, n_rows):
     assert f"{official['accuracy']:.1%}" in text and f"(n={official['n']})" in text
     assert "has not been evaluated" not in text
     assert report.plot_history(name, reports_dir) is not None
+    assert report.history_image(name, reports_dir) is not None
     for subset in config.TEST_SUBSET_TITLES:
         image = report.load_confusion_image(name, subset, reports_dir)
         assert image is not None and image.ndim == 3 and image.dtype == np.uint8

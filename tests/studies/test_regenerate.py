@@ -4,8 +4,8 @@ The studies run here exactly as the README gives them (`python -m covid_xray.stu
 subprocess each) into a temporary copy of checkpoints/ and an empty reports folder, and their
 files are compared with the committed ones:
 
-- byte for byte: the leakage audit, metrics.json, the confusion matrices, the training curves,
-  the input guard and its measurement, the what-if masks and nearest films, the sidecar;
+- byte for byte: the leakage audit, metrics.json, the confusion matrices, the training curves (CSV
+  and figure), the input guard and its measurement, the what-if masks and nearest films, the sidecar;
 - to the precision written, where a value comes straight from float32 forward passes whose last
   digit depends on the CPU's instruction set and thread layout (oneDNN): the probabilities of
   predictions.csv and calibration.json agree to one unit in their 6th decimal; the deletion test
@@ -45,6 +45,7 @@ BYTE_FOR_BYTE = [
     "reports/davidnet/confusion_official.png",
     "reports/davidnet/confusion_leakage_free.png",
     "reports/davidnet/history.csv",
+    "reports/davidnet/training_curves.png",
     "reports/ood.json",
     "reports/davidnet/shortcuts.json",
     "checkpoints/ood_davidnet.json",
