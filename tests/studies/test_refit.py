@@ -96,3 +96,21 @@ def test_schedule_cli_prints_train_flags(tmp_path, capsys):
     assert refit.main(["schedule", "--reference", *reference[:4], "--fold", "0"]) == 0  # folds 0..3 of 4
     assert refit.main(["schedule", "--reference", *reference[1:]]) == 2
     assert "folds 0..3 once each" in capsys.readouterr().err
+
+
+def test_readme_refit_table_matches_the_committed_comparison():
+    """The README's refit table is `reports/davidnet/cv_refit.json`, and the shipped model is the
+    recipe the rule kept (no test image read)."""
+    from covid_xray import config
+
+    report = json.loads((config.PROJECT_ROOT / "reports" / "davidnet" / config.CV_REFIT_FILE).read_text())
+    readme = (config.PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    ref, cand, diff = report["reference"], report["candidate"], report["paired_difference"]
+    assert f"| {ref['log_loss']:.4f} | {ref['accuracy']:.3f} | {ref['errors']} |" in readme
+    assert f"| {cand['log_loss']:.4f} | {cand['accuracy']:.3f} | {cand['errors']} |" in readme
+    assert f"| {diff['log_loss']:+.3f} +- {diff['log_loss_se']:.3f} |" in readme
+    assert report["test_read"] is False and diff["better"] is False
+    assert report["decision"].startswith("keep the shipped recipe")
+    assert len(report["reference"]["per_image"]) == report["reference"]["n"] == 251
+    sidecar = json.loads((config.CHECKPOINT_DIR / "davidnet.json").read_text())
+    assert not sidecar["config"].get("refit") and sidecar["selection"] == "validation split of train"

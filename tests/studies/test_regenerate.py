@@ -15,7 +15,7 @@ files are compared with the committed ones:
 
 Not regenerated here (they come from training runs, hours on CPU; the README names their
 commands): history.csv's training, the cross-validation sweeps (cv_sweep.json,
-cv_weight_averaging.json) and the out-of-fold calibration (calibration_oof.*), whose fold runs
+cv_weight_averaging.json, cv_refit.json) and the out-of-fold calibration (calibration_oof.*), whose fold runs
 are not committed.
 """
 
