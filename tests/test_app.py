@@ -322,6 +322,27 @@ def test_api_predict_on_a_real_image(client, data_dir):
 
 
 @pytest.mark.slow
+def test_readme_curl_commands_call_the_api(app_server, client, data_dir, tmp_path):
+    """The README's three HTTP requests (upload, call, result), run as written with curl, give the
+    JSON that gradio_client gets."""
+    import re
+    import shutil
+    import subprocess
+
+    readme = (config.PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"the same call is three HTTP requests.*?```bash\n(.*?)```", readme, re.S).group(1)
+    assert shutil.which("curl"), "curl is missing (.ci/run installs it)"
+    image = tmp_path / "chest.png"
+    shutil.copyfile(data_dir / COVID_IMAGE, image)
+    script = block.replace("http://127.0.0.1:7860", app_server.url.rstrip("/"))
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "event: complete" and lines[1].startswith("data: ")
+    assert json.loads(lines[1][len("data: "):]) == [_predict(client, image)]
+
+
+@pytest.mark.slow
 def test_api_is_documented(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert "/predict" in endpoints
