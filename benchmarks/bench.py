@@ -636,11 +636,12 @@ def probe_image(work: Path, source: Path) -> Path:
 
 
 def _wait_for_models(client: AppClient, names: tuple[str, ...], path, started: float) -> dict[str, float]:
-    """Seconds from spawn until each model in `names` answers the /predict API (polled)."""
+    """Seconds from spawn until each model in `names` answers the /predict API (polled over plain
+    HTTP: gradio_client's polling would add its own wait to each answer)."""
     answered: dict[str, float] = {}
     deadline = started + SERVER_START_TIMEOUT_S
     while len(answered) < len(names):
-        payload = client.api(path)
+        payload = client.api_http(path)
         now = time.perf_counter() - started
         for name in names:
             if name not in answered and (payload.get(name) or {}).get("available"):

@@ -16,8 +16,9 @@ once, by an untimed first start) and prints, per run and as medians: seconds fro
 page answers HTTP, until DavidNet answers the /predict API and until both do (polled every 0.1 s
 as `bench.py` polls, but with a 64x64 copy of a test image), then, once the server is idle, the
 p50 of `--requests` upload events (the Diagnose tab's, Grad-CAM overlays included) and `/predict`
-calls. `--compare DIR` alternates each run with DIR's `app.py` (another checkout, e.g. `git
-worktree add DIR HEAD~1`), so that both see the same machine load. The load average is printed
+calls (over plain HTTP as the API page's curl commands, and through gradio_client). `--compare
+DIR` alternates each run with DIR's `app.py` (another checkout, e.g. `git worktree add DIR
+HEAD~1`), so that both see the same machine load. The load average is printed
 before and after. Run it on an idle machine; the first run after boot also pays for a cold disk
 cache.
 """
@@ -111,7 +112,7 @@ def wait_until_idle(pid: int) -> float:
 
 
 def serve_once(command: list[str], checkpoint_dir: Path, work: Path, home: Path, tag: str, requests: int):
-    """One fresh server: {page, davidnet, both[, upload_p50_ms, api_p50_ms]} in seconds/ms."""
+    """One fresh server: {page, davidnet, both[, upload_p50_ms, api_p50_ms, api_client_p50_ms]}."""
     import bench
 
     from covid_xray import config
@@ -133,8 +134,13 @@ def serve_once(command: list[str], checkpoint_dir: Path, work: Path, home: Path,
             out["settle"] = wait_until_idle(app.process.pid)
             for _ in range(WARM_UP_REQUESTS):
                 client.upload(images.next())
-                client.api(images.next())
-            for key, request in (("upload_p50_ms", client.upload), ("api_p50_ms", client.api)):
+                client.api_http(images.next())
+            requests_by_key = (
+                ("upload_p50_ms", client.upload),
+                ("api_p50_ms", client.api_http),
+                ("api_client_p50_ms", client.api),
+            )
+            for key, request in requests_by_key:
                 seconds = [bench.timed(request, images.next())[0] for _ in range(requests)]
                 out[key] = statistics.median(seconds) * 1000.0
     return out
@@ -167,7 +173,8 @@ def apps(runs: int, compare: Path | None, requests: int) -> int:
         "davidnet": "s until DavidNet answers /predict",
         "both": "s until both models answer",
         "upload_p50_ms": "ms upload event p50 (both + Grad-CAM)",
-        "api_p50_ms": "ms /predict API p50",
+        "api_p50_ms": "ms /predict API p50 (plain HTTP)",
+        "api_client_p50_ms": "ms /predict API p50 through gradio_client",
     }
     for label, rows in results.items():
         print(f"\nmedians of {len(rows)} runs, {label}:")
