@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +94,43 @@ _RUN_AND_LIST_MODULES = (
     f"print('MODULES ' + json.dumps([m for m in {HEAVY_MODULES!r} if m in sys.modules]), file=sys.stderr)\n"
     "sys.exit(status)\n"
 )
+
+
+def _predict_json(args, checkpoint_dir) -> dict:
+    completed = subprocess.run(
+        [sys.executable, "-m", "covid_xray.predict", *map(str, args), "--json"]
+        + ["--checkpoint-dir", str(checkpoint_dir)],
+        cwd=config.PROJECT_ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return {Path(entry["file"]).name: entry for entry in map(json.loads, completed.stdout.splitlines())}
+
+
+@pytest.mark.slow  # TensorFlow processes
+def test_few_images_run_eagerly_with_the_same_output_as_the_compiled_functions(
+    data_dir, checkpoint_dir_both, tmp_path
+):
+    """Up to EAGER_MAX_IMAGES the command skips tracing; a longer folder runs compiled. Both
+    models' JSON (probabilities to the last digit, input check) is the same either way."""
+    from covid_xray.predict import EAGER_MAX_IMAGES
+
+    sources = sorted((data_dir / "test" / "Covid").iterdir())[: EAGER_MAX_IMAGES + 2]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for source in sources:
+        (folder / source.name).write_bytes(source.read_bytes())
+    compiled = _predict_json([folder], checkpoint_dir_both)
+    eager = _predict_json(sources[:2], checkpoint_dir_both)
+    assert len(compiled) == EAGER_MAX_IMAGES + 2 and len(eager) == 2
+    for name, entry in eager.items():
+        assert entry["davidnet"]["available"] and entry["chexnet"]["available"]
+        assert {k: v for k, v in entry.items() if k != "file"} == {
+            k: v for k, v in compiled[name].items() if k != "file"
+        }
 
 
 @pytest.mark.slow  # TensorFlow processes
