@@ -356,7 +356,13 @@ class NeighbourIndex:
         from_cache = features is not None
         if features is None:
             images, _ = data.load_arrays(samples)
-            features = extractor(preprocessing.normalize(images, mode), batch_size=batch_size)
+            # Normalised one batch at a time (the same batches the extractor runs): a float32 copy
+            # of every training film at once would cost ~150 MB of the server's peak memory.
+            parts = [
+                extractor(preprocessing.normalize(images[i : i + batch_size], mode), batch_size=batch_size)
+                for i in range(0, len(images), batch_size)
+            ]
+            features = np.concatenate(parts)
             _write_cache(path, features, files, labels, model_name, sha, manifest, layer, mode)
         return cls(
             features=features,
