@@ -5,7 +5,8 @@ subprocess each) into a temporary copy of checkpoints/ and an empty reports fold
 files are compared with the committed ones:
 
 - byte for byte: the leakage audit, metrics.json, the confusion matrices, the training curves (CSV
-  and figure), the input guard and its measurement, the what-if masks and nearest films, the sidecar;
+  and figure), the what-if masks and nearest films, the sidecar;
+- to float round-off (1e-9 relative): the input guard and its measurement;
 - to the precision written, where a value comes straight from float32 forward passes whose last
   digit depends on the CPU's instruction set and thread layout (oneDNN): the probabilities of
   predictions.csv and calibration.json agree to one unit in their 6th decimal; the deletion test
@@ -39,6 +40,10 @@ from covid_xray import config
 pytestmark = pytest.mark.slow
 
 MODEL = "davidnet"
+# The input guard and its measurement: float64 statistics of float32 features, whose last digits
+# differ between CPU models (seen: 1e-13 relative between two machines of this project's kind).
+ROUND_OFF = ["reports/ood.json", "checkpoints/ood_davidnet.json"]
+ROUND_OFF_RELATIVE = 1e-9
 BYTE_FOR_BYTE = [
     "reports/audit.json",
     "reports/davidnet/metrics.json",
@@ -46,9 +51,7 @@ BYTE_FOR_BYTE = [
     "reports/davidnet/confusion_leakage_free.png",
     "reports/davidnet/history.csv",
     "reports/davidnet/training_curves.png",
-    "reports/ood.json",
     "reports/davidnet/shortcuts.json",
-    "checkpoints/ood_davidnet.json",
     "checkpoints/davidnet.json",
 ]
 FIGURES = ["reports/davidnet/reliability.png", "reports/davidnet/faithfulness.png"]
@@ -126,21 +129,28 @@ def test_predictions_regenerate_to_the_precision_written(regenerated):
             assert float(a[key]) == pytest.approx(float(b[key]), abs=PROBABILITY_TOLERANCE), (a["file"], key)
 
 
-def _close(new, old, tolerance: float, path: str = "") -> None:
-    """Same structure, same non-float values, floats within `tolerance`."""
+def _close(new, old, tolerance: float, path: str = "", relative: float = 0.0) -> None:
+    """Same structure, same non-float values, floats within `tolerance` (or `relative`)."""
     if isinstance(old, dict):
         assert set(new) == set(old), path
         for key in old:
-            _close(new[key], old[key], tolerance, f"{path}/{key}")
+            _close(new[key], old[key], tolerance, f"{path}/{key}", relative)
     elif isinstance(old, list):
         assert len(new) == len(old), path
         for i, (a, b) in enumerate(zip(new, old, strict=True)):
-            _close(a, b, tolerance, f"{path}[{i}]")
+            _close(a, b, tolerance, f"{path}[{i}]", relative)
     elif isinstance(old, float) or isinstance(new, float):
         assert new is not None and old is not None, path
-        assert math.isclose(new, old, abs_tol=tolerance), (path, new, old)
+        assert math.isclose(new, old, abs_tol=tolerance, rel_tol=relative), (path, new, old)
     else:
         assert new == old, (path, new, old)
+
+
+@pytest.mark.parametrize("relpath", ROUND_OFF)
+def test_input_guard_regenerates_to_round_off(regenerated, relpath):
+    new = json.loads((regenerated / relpath).read_text())
+    old = json.loads(_committed(relpath).read_text())
+    _close(new, old, 0.0, relative=ROUND_OFF_RELATIVE)
 
 
 def test_calibration_regenerates_to_the_precision_written(regenerated):
