@@ -116,19 +116,18 @@ def test_keep_best_weights_restores_lowest_val_loss():
     np.testing.assert_array_equal(model.get_weights()[0], snapshots[1][0])
 
 
-def test_fit_phases_restores_best_weights_when_a_later_phase_never_improves(tmp_path):
-    """Regression: a second phase that never beats the first phase's best val loss used to leave
-    its own last weights in the model while `kept` named the first phase's epoch."""
+def _toy_phases():
+    """(plain, flipped, val, model_fn): a 4-feature toy problem whose "augmented" phase learns the
+    opposite labels, so its validation loss only gets worse."""
     import keras
     import tensorflow as tf
 
-    from covid_xray.training import _compile, _fit_phases
+    from covid_xray.training import _compile
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 4)).astype("float32")
     y = keras.utils.to_categorical((x[:, 0] > 0).astype(int), 3)
     plain = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-    # The "augmented" phase learns the opposite labels: its val loss only gets worse.
     flipped = tf.data.Dataset.from_tensor_slices((x, y[:, [1, 0, 2]])).batch(16)
     val = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
 
@@ -137,6 +136,17 @@ def test_fit_phases_restores_best_weights_when_a_later_phase_never_improves(tmp_
         inputs = keras.Input((4,))
         return _compile(keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs)), 0.3)
 
+    return plain, flipped, val, model_fn
+
+
+def test_fit_phases_restores_best_weights_when_a_later_phase_never_improves(tmp_path):
+    """Regression: a second phase that never beats the first phase's best val loss used to leave
+    its own last weights in the model while `kept` named the first phase's epoch."""
+    import tensorflow as tf
+
+    from covid_xray.training import _fit_phases
+
+    plain, flipped, val, model_fn = _toy_phases()
     cfg = TrainConfig(epochs=30, augment_epochs=3, early_stopping_patience=40, lr_patience=40, verbose=0)
     model, rows, kept = _fit_phases(
         cfg, model_fn, plain, flipped, val, None, tmp_path, tf.distribute.get_strategy()
@@ -150,23 +160,11 @@ def test_fit_phases_restores_best_weights_when_a_later_phase_never_improves(tmp_
 def test_refit_runs_every_epoch_and_keeps_the_last_weights(tmp_path):
     """--refit: no early stopping and no best epoch; the model saved is the one after the last epoch,
     even though validation (only logged) got worse; without validation data it trains all the same."""
-    import keras
     import tensorflow as tf
 
-    from covid_xray.training import _compile, _fit_phases
+    from covid_xray.training import _fit_phases
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 4)).astype("float32")
-    y = keras.utils.to_categorical((x[:, 0] > 0).astype(int), 3)
-    plain = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-    flipped = tf.data.Dataset.from_tensor_slices((x, y[:, [1, 0, 2]])).batch(16)
-    val = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
-
-    def model_fn():
-        keras.utils.set_random_seed(0)
-        inputs = keras.Input((4,))
-        return _compile(keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs)), 0.3)
-
+    plain, flipped, val, model_fn = _toy_phases()
     cfg = TrainConfig(epochs=6, augment_epochs=4, early_stopping_patience=1, refit=True, verbose=0)
     model, rows, kept = _fit_phases(cfg, model_fn, plain, flipped, val, None, tmp_path, tf.distribute.get_strategy())
     assert [r["phase"] for r in rows] == ["plain"] * 6 + ["augmented"] * 4  # patience 1 stopped nothing
