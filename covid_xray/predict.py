@@ -86,14 +86,30 @@ def main(argv: list[str] | None = None) -> int:
     with hidden_modules(KERAS_OPTIONAL_MODULES):
         import keras  # noqa: F401 - imported here so that Keras leaves them out
 
+    inputs = expand_inputs(args.images)
+    with running_eagerly(len(inputs) <= EAGER_MAX_IMAGES):
+        return _predict_all(args, inputs)
+
+
+@contextlib.contextmanager
+def running_eagerly(eager: bool):
+    """Within the block, TensorFlow's compiled functions run eagerly when `eager` is true; the
+    process-wide setting is restored afterwards (main() may run inside another program)."""
+    import tensorflow as tf
+
+    before = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(eager or before)
+    try:
+        yield
+    finally:
+        tf.config.run_functions_eagerly(before)
+
+
+def _predict_all(args, inputs: list[str]) -> int:
+    """Print every input's prediction (the API's JSON with --json); 1 when any input was refused."""
     from covid_xray.imaging import ImageDecodeError
     from covid_xray.inference import Predictor
 
-    inputs = expand_inputs(args.images)
-    if len(inputs) <= EAGER_MAX_IMAGES:
-        import tensorflow as tf
-
-        tf.config.run_functions_eagerly(True)
     predictor = Predictor.from_checkpoints(args.checkpoint_dir, warm_up=False)
     method = "gradcam" if args.heatmap_dir else None
     status = 0

@@ -96,6 +96,23 @@ _RUN_AND_LIST_MODULES = (
 )
 
 
+def test_main_in_process_leaves_tensorflow_compiling(tmp_path, capsys):
+    """Regression: main() on one file switched TensorFlow to eager mode for the rest of the process
+    (tests running it in-process then saw no trace at all)."""
+    import tensorflow as tf
+
+    from covid_xray.predict import main, running_eagerly
+
+    assert main(["--checkpoint-dir", str(tmp_path), str(tmp_path / "absent.jpg")]) == 1
+    assert "No such file" in capsys.readouterr().out
+    assert tf.config.functions_run_eagerly() is False
+    with running_eagerly(True):
+        assert tf.config.functions_run_eagerly() is True
+        with running_eagerly(False):  # an inner block never turns off what an outer one set
+            assert tf.config.functions_run_eagerly() is True
+    assert tf.config.functions_run_eagerly() is False
+
+
 def _predict_json(args, checkpoint_dir) -> dict:
     completed = subprocess.run(
         [sys.executable, "-m", "covid_xray.predict", *map(str, args), "--json"]
