@@ -291,12 +291,7 @@ class NeighbourIndex:
         """
         if self.extractor is None:
             raise NeighbourError("This neighbour index has no model attached: pass features to query().")
-        x = np.asarray(images)
-        if x.ndim == 3:
-            x = x[None]
-        if x.dtype == np.uint8:
-            x = preprocessing.normalize(x, self.preprocessing)
-        return self.extractor(x, batch_size=batch_size)
+        return self.extractor(images, batch_size=batch_size, mode=self.preprocessing)
 
     def query_image(
         self, model_input: np.ndarray, k: int = DEFAULT_K, *, query_file: str | None = None
@@ -356,13 +351,7 @@ class NeighbourIndex:
         from_cache = features is not None
         if features is None:
             images, _ = data.load_arrays(samples)
-            # Normalised one batch at a time (the same batches the extractor runs): a float32 copy
-            # of every training film at once would cost ~150 MB of the server's peak memory.
-            parts = [
-                extractor(preprocessing.normalize(images[i : i + batch_size], mode), batch_size=batch_size)
-                for i in range(0, len(images), batch_size)
-            ]
-            features = np.concatenate(parts)
+            features = extractor(images, batch_size=batch_size, mode=mode)
             _write_cache(path, features, files, labels, model_name, sha, manifest, layer, mode)
         return cls(
             features=features,

@@ -715,12 +715,25 @@ class FeatureExtractor:
         out_shape = self._model.output.shape
         return int(out_shape[-1]) if self._pooled else int(np.prod(out_shape[1:]))
 
-    def __call__(self, batch: np.ndarray, batch_size: int = FEATURE_BATCH_SIZE) -> np.ndarray:
-        """(N, D) float32 features of an (N, H, W, 3) normalised float32 batch."""
-        batch = np.asarray(batch, dtype=np.float32)
+    def __call__(
+        self, batch: np.ndarray, batch_size: int = FEATURE_BATCH_SIZE, mode: str | None = None
+    ) -> np.ndarray:
+        """(N, D) float32 features of an (N, H, W, 3) batch: normalised float32, or uint8 model
+        inputs normalised with `mode` one batch at a time (a float32 copy of a whole training set
+        would add ~150 MB to the peak memory)."""
+        batch = np.asarray(batch)
         if batch.ndim == 3:
             batch = batch[None]
-        parts = [self._fn(batch[i : i + batch_size]).numpy() for i in range(0, len(batch), batch_size)]
+        if batch.dtype == np.uint8:
+            if mode is None:
+                raise GuardError("uint8 images need the preprocessing mode to be normalised.")
+            prepare = lambda part: preprocessing.normalize(part, mode)  # noqa: E731
+        else:
+            prepare = lambda part: part  # noqa: E731
+        parts = [
+            self._fn(np.asarray(prepare(batch[i : i + batch_size]), np.float32)).numpy()
+            for i in range(0, len(batch), batch_size)
+        ]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
     def warm_up(self) -> None:
@@ -769,12 +782,7 @@ class Guard:
         """(N, D) features of resized uint8 images (or already-normalised float32 batches)."""
         if self.extractor is None:
             raise GuardError(f"The learned check of {self.display_name} is disabled: {self.disabled_reason}.")
-        x = np.asarray(model_input)
-        if x.ndim == 3:
-            x = x[None]
-        if x.dtype == np.uint8:
-            x = preprocessing.normalize(x, self.preprocessing)
-        return self.extractor(x)
+        return self.extractor(model_input, mode=self.preprocessing)
 
     def check(
         self, rgb: np.ndarray, model_input: np.ndarray | None = None, *, features: np.ndarray | None = None

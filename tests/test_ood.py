@@ -340,6 +340,21 @@ def test_convolutional_feature_maps_are_pooled(tiny_model):
     np.testing.assert_allclose(features, maps.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
 
 
+def test_uint8_inputs_are_normalised_batch_by_batch_to_the_same_features(tiny_model):
+    """The extractor normalises uint8 model inputs one batch at a time (memory), giving exactly
+    the features of the whole set normalised at once."""
+    from covid_xray.preprocessing import normalize
+
+    extractor = ood.FeatureExtractor(tiny_model, "dense2")
+    images = np.random.default_rng(1).integers(0, 256, (7, *INPUT_SHAPE), dtype=np.uint8)
+    for mode in ("unit", "imagenet"):
+        np.testing.assert_array_equal(
+            extractor(images, batch_size=3, mode=mode), extractor(normalize(images, mode), batch_size=3)
+        )
+    with pytest.raises(ood.GuardError, match="preprocessing mode"):
+        extractor(images)
+
+
 def test_load_guard_with_matching_sha_runs_the_learned_check(tiny_model, tiny_guard_dir):
     guard = ood.load_guard(
         "davidnet", tiny_guard_dir, model=tiny_model, metadata={"sha256": "a" * 64, "preprocessing": "unit"}

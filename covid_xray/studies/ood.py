@@ -92,7 +92,7 @@ def fit_guard(
     samples = data.list_samples(data_dir, "train")
     t0 = time.perf_counter()
     images, labels = data.load_arrays(samples)
-    features = extractor(preprocessing.normalize(images, mode))
+    features = extractor(images, mode=mode)
     logger.info(
         "Features of %d train-folder images from layer %r (%d-d) in %.1f s",
         len(features),
