@@ -189,19 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CalibrationError, DatasetNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ref, cand, diff = report["reference"], report["candidate"], report["paired_difference"]
-    print(f"rule: {RULE}\nschedule: {SCHEDULE_RULE}")
-    for label, scores in (("shipped recipe", ref), ("refit (fixed schedule)", cand)):
-        print(
-            f"{label:24s} OOF log loss {scores['log_loss']:.4f}  accuracy {scores['accuracy']:.4f}  "
-            f"errors {scores['errors']}"
-        )
-    print(
-        f"paired difference (refit - shipped): log loss {diff['log_loss']:+.4f} "
-        f"+- {diff['log_loss_se']:.4f}, "
-        f"accuracy {diff['accuracy']:+.4f} +- {diff['accuracy_se']:.4f}\n{report['decision']}\n"
-        f"the refit on all of train: {report['refit_command']}"
-    )
+    print(f"schedule: {SCHEDULE_RULE}\n{weight_averaging.summary(report, 'refit (fixed schedule)')}")
+    print(f"the refit on all of train: {report['refit_command']}")
     return 0
 
 

@@ -131,6 +131,7 @@ def compare(
         )
     diff = _sweep_module().paired_difference(tried, reference)
     diff = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in diff.items()}
+
     def scores(recipe: dict) -> dict:
         out = {k: v for k, v in recipe.items() if k != "seeds"}
         if per_image:
@@ -188,19 +189,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CalibrationError, DatasetNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print(summary(report))
+    return 0
+
+
+def summary(report: dict, candidate_label: str | None = None) -> str:
+    """The comparison in a few lines: the rule, both recipes' OOF scores, the paired difference and
+    the decision (what `compare` commands print)."""
     ref, cand, diff = report["reference"], report["candidate"], report["paired_difference"]
-    print(f"rule: {RULE}")
-    for label, s in (("shipped recipe", ref), (cand["recipe"], cand)):
-        print(
+    lines = [f"rule: {report['rule']}"]
+    for label, s in (("shipped recipe", ref), (candidate_label or cand["recipe"], cand)):
+        lines.append(
             f"{label:28s} OOF log loss {s['log_loss']:.4f}  accuracy {s['accuracy']:.4f}  "
             f"errors {s['errors']}"
         )
-    print(
+    lines.append(
         f"paired difference (candidate - shipped): log loss {diff['log_loss']:+.4f} "
-        f"+- {diff['log_loss_se']:.4f}, "
-        f"accuracy {diff['accuracy']:+.4f} +- {diff['accuracy_se']:.4f}\n{report['decision']}"
+        f"+- {diff['log_loss_se']:.4f}, accuracy {diff['accuracy']:+.4f} +- {diff['accuracy_se']:.4f}"
     )
-    return 0
+    lines.append(report["decision"])
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

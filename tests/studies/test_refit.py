@@ -114,3 +114,22 @@ def test_readme_refit_table_matches_the_committed_comparison():
     assert len(report["reference"]["per_image"]) == report["reference"]["n"] == 251
     sidecar = json.loads((config.CHECKPOINT_DIR / "davidnet.json").read_text())
     assert not sidecar["config"].get("refit") and sidecar["selection"] == "validation split of train"
+
+
+def test_compare_cli_prints_the_rules_scores_and_decision(tmp_path, capsys, monkeypatch):
+    files, labels, probs = _synthetic(n=60)
+    reference = _reference(tmp_path / "ref", files, labels, probs)
+    plan = refit.schedules(reference)
+    candidate = _as_refit(_fold_runs(tmp_path / "refit", files, labels, probs, folds=5), plan)
+    report = refit.compare(reference, candidate, expected_files=files, reports_dir=tmp_path / "reports")
+    # The command lists the train folder for the expected files; these synthetic runs have their own.
+    monkeypatch.setattr(refit, "compare", lambda *args, **kwargs: report)
+    argv = ["compare", "--reference", *map(str, reference), "--candidate", *map(str, candidate)]
+    assert refit.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"schedule: {refit.SCHEDULE_RULE}" and lines[1] == f"rule: {refit.RULE}"
+    assert lines[2].startswith("shipped recipe") and lines[3].startswith("refit (fixed schedule)")
+    assert "OOF log loss" in lines[3] and f"errors {report['candidate']['errors']}" in lines[3]
+    assert lines[4].startswith("paired difference (candidate - shipped): log loss +0.0000 +- 0.0000")
+    assert lines[5] == report["decision"] and lines[5].startswith("keep the shipped recipe")
+    assert lines[6] == f"the refit on all of train: {report['refit_command']}"
