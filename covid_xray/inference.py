@@ -19,7 +19,9 @@ with a message for people that names the exact fix; the other model keeps workin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -51,6 +53,11 @@ WARM_UP_METHODS: tuple[str, ...] = ("gradcam",)
 # Explanations kept in memory (per model, method and image): moving the opacity slider or
 # re-opening an image re-uses them instead of recomputing Score-CAM on 2 vCPUs.
 EXPLANATION_CACHE_SIZE = 64
+# Images in flight at once in `Predictor.predict_many` (the command line's folders): on 2 vCPUs a
+# batch-1 forward pass leaves cores idle between its small operations, and two images at a time
+# fill them (CheXNet ~36 -> ~24 ms per image here); each image still runs alone through the same
+# compiled function, so every result is the one `predict` gives (tests/test_inference.py).
+PREDICT_WORKERS = 2
 # Human names of the explanation methods (`explain.SERVED_METHODS`), in the order the UI offers them.
 METHOD_DISPLAY_NAMES: dict[str, str] = {
     "gradcam": "Grad-CAM",
@@ -366,10 +373,13 @@ class Predictor:
         self.unavailable = dict(unavailable or {})
         # For operators (the page folds it away; the API's `detail`): commands, no paths.
         self.details = dict(details or {})
-        self._cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        # (model, method, image digest) -> (probabilities, heatmap, guard features)
+        self._cache: OrderedDict[tuple, tuple] = OrderedDict()
         # Gradio may call from several worker threads; one image at a time keeps a 2-vCPU box
-        # responsive and the explainers' state safe.
+        # responsive and the explainers' state safe. The cache has its own lock, so that
+        # `predict_many` can run its images side by side while it holds the models' lock.
         self._lock = threading.Lock()
+        self._cache_lock = threading.Lock()
 
     @classmethod
     def from_checkpoints(
@@ -476,7 +486,9 @@ class Predictor:
                 return guard
         return None
 
-    def check_input(self, rgb: np.ndarray, model_input: np.ndarray, features: dict | None = None):
+    def check_input(
+        self, rgb: np.ndarray, model_input: np.ndarray, features: dict | None = None, *, gate=None
+    ):
         """The OOD guard's answer to "is this a chest X-ray?" (`ood.OODResult`): warns, never blocks.
 
         Args:
@@ -484,6 +496,7 @@ class Predictor:
             model_input: the same image resized for the models (uint8 224x224x3).
             features: {model name: guard features} already computed by the explainers (`_run`);
                 the guard's model runs again only when its features are missing.
+            gate: held while the guard's model runs (default: the models' lock).
         """
         from covid_xray import ood
 
@@ -493,7 +506,7 @@ class Predictor:
         known = (features or {}).get(guard.model_name)
         if known is not None:
             return guard.check(rgb, model_input, features=known)
-        with self._lock:  # the learned check runs a model: one image at a time, like `_run`
+        with self._lock if gate is None else gate:  # the learned check runs a model, like `_run`
             return guard.check(rgb, model_input)
 
     def predict(
@@ -514,15 +527,55 @@ class Predictor:
             imaging.ImageDecodeError: the source is not a usable image.
             ValueError: unknown method or alpha outside [0, 1].
         """
-        from covid_xray.calibration import apply_temperature
-        from covid_xray.explain import SERVED_METHODS
+        _check_settings(method, alpha)
+        return self._predict(source, method, alpha, self._lock)
 
-        if method is not None and method not in SERVED_METHODS:
-            raise ValueError(
-                f"Unknown explanation method {method!r}; expected one of {SERVED_METHODS} or None."
-            )
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    def predict_many(
+        self,
+        sources,
+        method: str | None = None,
+        alpha: float = DEFAULT_ALPHA,
+        *,
+        workers: int = PREDICT_WORKERS,
+    ):
+        """`predict` every source, up to `workers` images at a time; yields, in the order of
+        `sources`, `(source, result, error)`: the `PredictionResult`, or the input error
+        (`imaging.ImageDecodeError`, `OSError`) that `predict` would raise for it, the other one None.
+
+        The models' lock is held until the iteration ends (other callers wait as for one long
+        request); iterate to the end or close the generator. Each image runs alone through the
+        models' compiled functions, so the results are those of `predict`.
+
+        Raises:
+            ValueError: unknown method, alpha outside [0, 1] or fewer than one worker.
+        """
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        _check_settings(method, alpha)
+        if int(workers) < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}.")
+        sources = iter(sources)
+
+        def one(source):
+            try:
+                return source, self._predict(source, method, alpha, contextlib.nullcontext()), None
+            except (imaging.ImageDecodeError, OSError) as exc:
+                return source, None, exc
+
+        with self._lock, ThreadPoolExecutor(int(workers), thread_name_prefix="predict") as pool:
+            # A window of 2 x workers images: decoded images and overlays do not pile up.
+            pending = deque(pool.submit(one, s) for s in itertools.islice(sources, 2 * int(workers)))
+            while pending:
+                done = pending.popleft().result()
+                for source in itertools.islice(sources, 1):
+                    pending.append(pool.submit(one, source))
+                yield done
+
+    def _predict(self, source, method: str | None, alpha: float, gate) -> PredictionResult:
+        """`predict` with `gate` (a context manager) held around each model run."""
+        from covid_xray.calibration import apply_temperature
+
         rgb = decode_source(source)
         shown = display_image(rgb)
         # The models see the full decoded image resized once, exactly like training/evaluation.
@@ -540,7 +593,7 @@ class Predictor:
                     detail=self.status_detail(name),
                 )
                 continue
-            raw, heatmap, features[name] = self._run(self.loaded[name], model_input, digest, method)
+            raw, heatmap, features[name] = self._run(self.loaded[name], model_input, digest, method, gate)
             # The predicted class is the model's argmax; a temperature (> 0) cannot change it.
             index = int(np.argmax(raw))
             temperature = self.loaded[name].temperature
@@ -568,32 +621,49 @@ class Predictor:
             models=predictions,
             method=method,
             alpha=float(alpha),
-            input_check=self.check_input(rgb, model_input, features),
+            input_check=self.check_input(rgb, model_input, features, gate=gate),
         )
 
     def _run(
-        self, loaded: LoadedModel, model_input: np.ndarray, digest: str, method: str | None
+        self, loaded: LoadedModel, model_input: np.ndarray, digest: str, method: str | None, gate
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Probabilities, heatmap and OOD-guard features (None when the explainer has no feature
         layer, or for Score-CAM) for one model, from the cache when this image was seen (SmoothGrad
-        included: its seeded map of an image never changes)."""
+        included: its seeded map of an image never changes); `gate` is held while the model runs."""
         key = (loaded.name, method, digest)
-        with self._lock:
+        cached = self._cached(key)
+        if cached is None:
+            x = preprocessing.normalize(model_input, loaded.preprocessing)
+            with gate:
+                cached = self._cached(key)  # computed meanwhile by the caller we waited for?
+                if cached is None:
+                    probs, heatmap, features = loaded.explainer.analyse(x, method)
+                    cached = (np.asarray(probs, np.float64), heatmap, features)
+                    with self._cache_lock:
+                        self._cache[key] = cached
+                        while len(self._cache) > EXPLANATION_CACHE_SIZE:
+                            self._cache.popitem(last=False)
+        probs, heatmap, features = cached
+        return probs, (None if method is None else heatmap), features
+
+    def _cached(self, key: tuple) -> tuple | None:
+        """The cached (probabilities, heatmap, features) for `key` = (model, method, image digest);
+        for `method` None any cached explanation of the image (its probabilities are the same)."""
+        name, method, digest = key
+        with self._cache_lock:
             cached = self._cache.get(key)
             if cached is None and method is None:
-                # Probabilities alone are part of any cached explanation of the same image.
-                cached = next(
-                    (v for k, v in self._cache.items() if k[0] == loaded.name and k[2] == digest), None
-                )
-            if cached is not None:
-                if key in self._cache:
-                    self._cache.move_to_end(key)
-                probs, heatmap, features = cached
-                return probs, (None if method is None else heatmap), features
-            x = preprocessing.normalize(model_input, loaded.preprocessing)
-            probs, heatmap, features = loaded.explainer.analyse(x, method)
-            probs = np.asarray(probs, np.float64)
-            self._cache[key] = (probs, heatmap, features)
-            while len(self._cache) > EXPLANATION_CACHE_SIZE:
-                self._cache.popitem(last=False)
-            return probs, heatmap, features
+                cached = next((v for k, v in self._cache.items() if k[0] == name and k[2] == digest), None)
+            elif cached is not None:
+                self._cache.move_to_end(key)
+            return cached
+
+
+def _check_settings(method: str | None, alpha: float) -> None:
+    """ValueError for an unknown explanation method or an opacity outside [0, 1]."""
+    from covid_xray.explain import SERVED_METHODS
+
+    if method is not None and method not in SERVED_METHODS:
+        raise ValueError(f"Unknown explanation method {method!r}; expected one of {SERVED_METHODS} or None.")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")

@@ -5,7 +5,7 @@ shape as the app's `predict` API); a folder stands for the image files in it and
 (sorted). A file that is not a usable image gets a one-line message and the exit status is 1;
 the other files are still processed. Models load once; without `--heatmap-dir` each image costs
 one forward pass per model (no gradients). A few images run eagerly, more through the compiled
-functions (`EAGER_MAX_IMAGES`).
+functions (`EAGER_MAX_IMAGES`); two images are in flight at once (`Predictor.predict_many`).
 """
 
 from __future__ import annotations
@@ -107,19 +107,15 @@ def running_eagerly(eager: bool):
 
 def _predict_all(args, inputs: list[str]) -> int:
     """Print every input's prediction (the API's JSON with --json); 1 when any input was refused."""
-    from covid_xray.imaging import ImageDecodeError
     from covid_xray.inference import Predictor
 
     predictor = Predictor.from_checkpoints(args.checkpoint_dir, warm_up=False)
     method = "gradcam" if args.heatmap_dir else None
     status = 0
-    for name in inputs:
-        try:
-            result = predictor.predict(name, method=method)
-        except (ImageDecodeError, FileNotFoundError, IsADirectoryError) as exc:
+    for name, result, exc in predictor.predict_many(inputs, method=method):
+        if exc is not None:
             status = 1
-            message = str(exc) if isinstance(exc, ImageDecodeError) else f"No such file: {name}"
-            reason = getattr(exc, "reason", "not_found")
+            message, reason = _input_error(name, exc)
             if args.json:
                 print(json.dumps({"file": name, "error": message, "reason": reason}))
             else:
@@ -152,6 +148,18 @@ def _predict_all(args, inputs: list[str]) -> int:
                 if prediction.overlay is not None:
                     Image.fromarray(prediction.overlay).save(out_dir / f"{Path(name).stem}_{model}.png")
     return status
+
+
+def _input_error(name: str, exc: Exception) -> tuple[str, str]:
+    """(message for people, reason) for an input `predict` refused: an image decoder error or a
+    file that cannot be read."""
+    from covid_xray.imaging import ImageDecodeError
+
+    if isinstance(exc, ImageDecodeError):
+        return str(exc), exc.reason
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError)):
+        return f"No such file: {name}", "not_found"
+    return f"Cannot read {name}: {exc.strerror or exc}", "unreadable"
 
 
 if __name__ == "__main__":

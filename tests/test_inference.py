@@ -254,6 +254,75 @@ def test_invalid_settings_are_refused(predictor_davidnet, method, alpha):
         predictor_davidnet.predict(np.zeros((64, 64, 3), np.uint8), method=method, alpha=alpha)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [None, "gradcam"])
+def test_predict_many_gives_the_results_of_predict_in_order(predictor_both, data_dir, tmp_path, method):
+    """Images in flight side by side get exactly `predict`'s answers (probabilities, heatmaps,
+    overlays, input check); unusable inputs come back as their errors, in place."""
+    images = sorted((data_dir / "test" / "Normal").iterdir())[:5]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    missing = tmp_path / "missing.png"
+    sources = [images[0], bad, *images[1:3], missing, *images[3:]]
+    predictor_both._cache.clear()  # every answer computed, not taken from the cache
+    expected = {source: predictor_both.predict(source, method=method) for source in images}
+    predictor_both._cache.clear()
+    answers = list(predictor_both.predict_many(sources, method=method))
+    assert [source for source, _, _ in answers] == sources
+    for source, result, error in answers:
+        if source in (bad, missing):
+            assert result is None
+            assert isinstance(error, ImageDecodeError if source == bad else FileNotFoundError)
+            continue
+        assert error is None
+        want = expected[source]
+        assert result.to_api_json() == want.to_api_json()
+        np.testing.assert_array_equal(result.image, want.image)
+        for name, prediction in want.models.items():
+            assert result.models[name].raw_probabilities == prediction.raw_probabilities
+            if method is None:
+                assert result.models[name].heatmap is None and prediction.heatmap is None
+            else:
+                np.testing.assert_array_equal(result.models[name].heatmap, prediction.heatmap)
+                np.testing.assert_array_equal(result.models[name].overlay, prediction.overlay)
+
+
+def test_predict_many_runs_images_side_by_side_and_holds_the_models_lock(predictor_davidnet, monkeypatch):
+    import threading
+    import time
+
+    explainer = predictor_davidnet.loaded["davidnet"].explainer
+    analyse = explainer.analyse
+    running, most = [0], [0]
+    count = threading.Lock()
+
+    def spy(x, method):
+        with count:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)  # long enough for the other worker to start its image
+        try:
+            return analyse(x, method)
+        finally:
+            with count:
+                running[0] -= 1
+
+    monkeypatch.setattr(explainer, "analyse", spy)
+    predictor_davidnet._cache.clear()
+    images = [np.stack([xray_like(96, 96, seed=i)] * 3, axis=-1) for i in range(6)]
+    answers = predictor_davidnet.predict_many(images, workers=2)
+    first = next(answers)
+    assert first[1] is not None and first[2] is None
+    assert predictor_davidnet.lock.locked()  # other callers wait, as for one long request
+    assert len(list(answers)) == len(images) - 1
+    assert most[0] == 2
+    assert not predictor_davidnet.lock.locked()
+    with pytest.raises(ValueError):
+        next(predictor_davidnet.predict_many(images, workers=0))
+    with pytest.raises(ValueError):
+        next(predictor_davidnet.predict_many(images, method="lime"))
+
+
 def test_display_image_keeps_small_images():
     image = np.zeros((40, 30, 3), np.uint8)
     assert display_image(image) is image
