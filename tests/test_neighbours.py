@@ -143,3 +143,21 @@ def test_wrong_feature_size_and_bad_k_are_refused(model, train_few, tmp_path):
         index.query(index.features[0], k=0)
     with pytest.raises(neighbours.NeighbourError, match="No training images"):
         neighbours.NeighbourIndex.build(model, None, [], "unit", tmp_path)
+
+
+@pytest.mark.slow  # both real architectures
+@pytest.mark.parametrize("name", ["davidnet", "chexnet"])
+def test_the_index_batch_size_does_not_change_the_features(predictor_both, data_dir, name):
+    """The index is built FEATURE_BATCH_SIZE images at a time to keep the app's memory down: the
+    features are those of one large batch (the batch of 32 that built the index before)."""
+    from covid_xray import ood
+
+    samples = data.list_samples(data_dir, "train")[::14][:18]
+    images, _ = data.load_arrays(samples)
+    loaded = predictor_both.loaded[name]
+    model = loaded.explainer.model
+    extractor = ood.FeatureExtractor(model, ood.feature_layer_name(model, name))
+    assert neighbours.FEATURE_BATCH_SIZE < len(samples) < 32
+    small = extractor(images, batch_size=neighbours.FEATURE_BATCH_SIZE, mode=loaded.preprocessing)
+    whole = extractor(images, batch_size=32, mode=loaded.preprocessing)
+    np.testing.assert_array_equal(small, whole)
