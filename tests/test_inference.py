@@ -289,23 +289,19 @@ def test_predict_many_gives_the_results_of_predict_in_order(predictor_both, data
 
 def test_predict_many_runs_images_side_by_side_and_holds_the_models_lock(predictor_davidnet, monkeypatch):
     import threading
-    import time
 
     explainer = predictor_davidnet.loaded["davidnet"].explainer
     analyse = explainer.analyse
-    running, most = [0], [0]
-    count = threading.Lock()
+    # The first two model runs wait for each other: with one image at a time the first would wait
+    # alone until the timeout, and the barrier would break.
+    both_in = threading.Barrier(2, timeout=30)
+    calls = []
 
     def spy(x, method):
-        with count:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.05)  # long enough for the other worker to start its image
-        try:
-            return analyse(x, method)
-        finally:
-            with count:
-                running[0] -= 1
+        calls.append(threading.get_ident())
+        if len(calls) <= 2:
+            both_in.wait()
+        return analyse(x, method)
 
     monkeypatch.setattr(explainer, "analyse", spy)
     predictor_davidnet._cache.clear()
@@ -315,7 +311,7 @@ def test_predict_many_runs_images_side_by_side_and_holds_the_models_lock(predict
     assert first[1] is not None and first[2] is None
     assert predictor_davidnet.lock.locked()  # other callers wait, as for one long request
     assert len(list(answers)) == len(images) - 1
-    assert most[0] == 2
+    assert not both_in.broken and len(set(calls[:2])) == 2  # two threads, at the same time
     assert not predictor_davidnet.lock.locked()
     with pytest.raises(ValueError):
         next(predictor_davidnet.predict_many(images, workers=0))
