@@ -37,11 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 START = time.perf_counter()
 PHASES: list[float] = []
-# --app: a server is idle when it used less CPU than this share of one core over IDLE_WINDOW_S
-# (an idle Gradio server is not at 0: its queue polls every millisecond, ~7% of a core here).
-IDLE_CPU_SHARE = 0.2
-IDLE_WINDOW_S = 2.0
-IDLE_TIMEOUT_S = 300.0
+# --app: requests are timed once the server is idle (`bench.wait_until_idle`).
 WARM_UP_REQUESTS = 2
 
 
@@ -96,21 +92,6 @@ def phases() -> int:
 # ---------------------------------------------------------------------------
 # --app: fresh `python app.py` servers.
 # ---------------------------------------------------------------------------
-def wait_until_idle(pid: int) -> float:
-    """Seconds until the process uses (almost) no CPU: its background start-up work is over."""
-    import bench
-
-    start = time.perf_counter()
-    before = bench.process_cpu_seconds(pid)
-    while time.perf_counter() - start < IDLE_TIMEOUT_S:
-        time.sleep(IDLE_WINDOW_S)
-        now = bench.process_cpu_seconds(pid)
-        if now - before < IDLE_CPU_SHARE * IDLE_WINDOW_S:
-            return time.perf_counter() - start
-        before = now
-    raise bench.BenchmarkError(f"the app was still busy {IDLE_TIMEOUT_S:.0f} s after its models answered")
-
-
 def serve_once(command: list[str], checkpoint_dir: Path, work: Path, home: Path, tag: str, requests: int):
     """One fresh server: {page, davidnet, both[, upload_p50_ms, api_p50_ms, api_client_p50_ms]}."""
     import bench
@@ -131,7 +112,11 @@ def serve_once(command: list[str], checkpoint_dir: Path, work: Path, home: Path,
         answered = bench._wait_for_models(client, tuple(config.MODELS), probe, app.started)
         out = {"page": page, "davidnet": answered["davidnet"], "both": max(answered.values())}
         if requests:
-            out["settle"] = wait_until_idle(app.process.pid)
+            out["settle"] = bench.wait_until_idle(app.process.pid)
+            if out["settle"] is None:
+                raise bench.BenchmarkError(
+                    f"the app was still busy {bench.IDLE_TIMEOUT_S:.0f} s after its models answered"
+                )
             for _ in range(WARM_UP_REQUESTS):
                 client.upload(images.next())
                 client.api_http(images.next())
