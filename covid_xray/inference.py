@@ -46,7 +46,8 @@ logger = logging.getLogger(__name__)
 DISPLAY_MAX_SIDE = 512
 DEFAULT_METHOD = "gradcam"
 DEFAULT_ALPHA = 0.4
-# Traced at start-up: the one compiled function behind probabilities, Grad-CAM and Grad-CAM++.
+# Traced at start-up, once the model already serves the API (its forward pass is traced first):
+# the one compiled function behind Grad-CAM and Grad-CAM++.
 # Score-CAM's own function (another few seconds of DenseNet121 tracing on 2 vCPUs) is traced on
 # its first request instead, so that the app answers sooner after `python app.py`.
 WARM_UP_METHODS: tuple[str, ...] = ("gradcam",)
@@ -431,15 +432,21 @@ class Predictor:
             logger.warning("%s unavailable: %s", spec.display_name, exc)
             return False
         if warm_up:
-            loaded.explainer.warm_up(WARM_UP_METHODS)
-            # The guard's own feature function only serves Score-CAM requests (the others get
-            # the features from the explainer): it is traced on first use.
-            if loaded.guard is not None and loaded.explainer.feature_layer is None:
-                loaded.guard.warm_up()
+            # The forward pass first: the model answers the API (probabilities) as soon as it is in.
+            loaded.explainer.warm_up(())
         with self._lock:
             self.loaded[name] = loaded
             self.unavailable.pop(name, None)
             self.details.pop(name, None)
+        if warm_up:
+            # Then Grad-CAM's function (CheXNet: ~2.5 s of tracing), while the model already
+            # serves: a request that needs it meanwhile waits for this trace (TensorFlow traces a
+            # function once), not for a second one.
+            loaded.explainer.warm_up(WARM_UP_METHODS)
+            # The guard's own feature function only serves Score-CAM requests (the others get
+            # the features from the explainer).
+            if loaded.guard is not None and loaded.explainer.feature_layer is None:
+                loaded.guard.warm_up()
         logger.info(
             "Loaded %s (preprocessing %r, %s).",
             spec.display_name,

@@ -319,6 +319,25 @@ def test_predict_many_runs_images_side_by_side_and_holds_the_models_lock(predict
         next(predictor_davidnet.predict_many(images, method="lime"))
 
 
+def test_a_model_serves_after_its_forward_pass_then_traces_grad_cam(checkpoint_dir_davidnet, monkeypatch):
+    """The API's probabilities need only the forward pass: the model joins the predictor once it is
+    traced, and Grad-CAM's function is traced after that (CheXNet answers ~2.5 s sooner)."""
+    from covid_xray import explain
+    from covid_xray.inference import WARM_UP_METHODS
+
+    predictor = Predictor({})
+    calls = []
+    warm_up = explain.Explainer.warm_up
+
+    def spy(self, methods=explain.METHODS):
+        calls.append((tuple(methods), predictor.is_available("davidnet")))
+        return warm_up(self, methods)
+
+    monkeypatch.setattr(explain.Explainer, "warm_up", spy)
+    assert predictor.load("davidnet", checkpoint_dir_davidnet)
+    assert calls == [((), False), (tuple(WARM_UP_METHODS), True)]
+
+
 def test_display_image_keeps_small_images():
     image = np.zeros((40, 30, 3), np.uint8)
     assert display_image(image) is image
