@@ -64,7 +64,7 @@ CACHE_ENV_VAR = "COVID_XRAY_NEIGHBOURS_CACHE"
 CACHE_FORMAT = "covid-xray-neighbours"
 CACHE_VERSION = 1
 # Images per forward pass while the index is built (in the app's background, beside requests):
-# batch 32 raised the app's peak memory by ~500 MB (DavidNet's 224x224x32 first activations alone
+# batch 32 raised the app's peak memory by ~450 MB (DavidNet's 222x222x32 first activations alone
 # are 200 MB at batch 32). Any batch of two or more images gives the same features as any other
 # on these CPUs (tests/test_neighbours.py), so a smaller one costs only a little speed.
 FEATURE_BATCH_SIZE = 8
