@@ -724,16 +724,14 @@ class FeatureExtractor:
         batch = np.asarray(batch)
         if batch.ndim == 3:
             batch = batch[None]
-        if batch.dtype == np.uint8:
-            if mode is None:
-                raise GuardError("uint8 images need the preprocessing mode to be normalised.")
-            prepare = lambda part: preprocessing.normalize(part, mode)  # noqa: E731
-        else:
-            prepare = lambda part: part  # noqa: E731
-        parts = [
-            self._fn(np.asarray(prepare(batch[i : i + batch_size]), np.float32)).numpy()
-            for i in range(0, len(batch), batch_size)
-        ]
+        raw = batch.dtype == np.uint8
+        if raw and mode is None:
+            raise GuardError("uint8 images need the preprocessing mode to be normalised.")
+        parts = []
+        for i in range(0, len(batch), batch_size):
+            part = batch[i : i + batch_size]
+            part = preprocessing.normalize(part, mode) if raw else part
+            parts.append(self._fn(np.asarray(part, np.float32)).numpy())
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
     def warm_up(self) -> None:

@@ -279,18 +279,20 @@ def _callbacks(cfg: TrainConfig, run_dir: Path, phase: str, best_so_far: float):
     """The phase's callbacks and its best-weights keeper (None with `cfg.refit`: nothing is chosen)."""
     import keras
 
-    monitor = "loss" if cfg.refit else "val_loss"
-    keep_best = None if cfg.refit else _best_weights_callback()(best=best_so_far)
-    callbacks = [
-        keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor, factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr, verbose=0
-        ),
-        keras.callbacks.CSVLogger(str(run_dir / f"log_{phase}.csv")),
-    ]
-    if keep_best is not None:
-        callbacks[:0] = [keep_best]
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        monitor="loss" if cfg.refit else "val_loss",
+        factor=cfg.lr_factor,
+        patience=cfg.lr_patience,
+        min_lr=cfg.min_lr,
+        verbose=0,
+    )
+    log = keras.callbacks.CSVLogger(str(run_dir / f"log_{phase}.csv"))
+    if cfg.refit:  # a fixed schedule: no best epoch, no early stop
+        keep_best, callbacks = None, [plateau, log]
+    else:
+        keep_best = _best_weights_callback()(best=best_so_far)
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience)
-        callbacks.insert(2, stop)
+        callbacks = [keep_best, plateau, stop, log]
     if _tensorflow() is not None:  # TensorBoard's writer is TensorFlow's
         tensorboard_dir = str(run_dir / "tensorboard" / phase)
         callbacks.append(keras.callbacks.TensorBoard(log_dir=tensorboard_dir, write_graph=False))
