@@ -8,7 +8,8 @@ from covid_xray import config
 
 
 def add(parser: argparse.ArgumentParser, *options: str) -> argparse.ArgumentParser:
-    """Add the named shared options ("model", "data_dir", "checkpoint_dir", "reports_dir")."""
+    """Add the named shared options ("model", "data_dir", "checkpoint_dir", "reports_dir", and for
+    the fold-run comparisons "reference" and "note")."""
     for option in options:
         _OPTIONS[option](parser)
     return parser
@@ -38,9 +39,21 @@ def _reports_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _reference(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference", nargs="+", required=True, help="fold runs of the shipped recipe")
+
+
+def _note(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--note", default=None, help="free text stored in the report (how the folds were run)"
+    )
+
+
 _OPTIONS = {
     "model": _model,
     "data_dir": _data_dir,
     "checkpoint_dir": _checkpoint_dir,
     "reports_dir": _reports_dir,
+    "reference": _reference,
+    "note": _note,
 }

@@ -78,6 +78,12 @@ def _find(run: Path, name: str, below: str) -> Path | None:
     return None
 
 
+def run_sidecar(run: str | os.PathLike, name: str) -> dict | None:
+    """A train.py run folder's checkpoint sidecar (`<name>.json`, in the run or its ckpt/), or None."""
+    path = _find(Path(run), f"{name}.json", "ckpt")
+    return json.loads(path.read_text()) if path else None
+
+
 def read_oof_predictions(
     runs: Sequence[str | os.PathLike], expected_files: Iterable[str]
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -149,11 +155,10 @@ def fold_models(runs: Sequence[str | os.PathLike], name: str, shipped: dict) -> 
     shipped_config = shipped.get("config", {})
     out = []
     for run in map(Path, runs):
-        path = _find(run, f"{name}.json", "ckpt")
-        if path is None:
+        meta = run_sidecar(run, name)
+        if meta is None:
             out.append({"run": run.name, "sidecar": None})
             continue
-        meta = json.loads(path.read_text())
         cfg = meta.get("config", {})
         same_policy = meta.get("mixed_precision_policy") == shipped.get("mixed_precision_policy")
         differences = {}
@@ -416,10 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"{config.STUDIES}.oof_calibrate", description=__doc__.split("\n\n")[0])
     _options.add(parser, "model")
     parser.add_argument("--runs", nargs="+", required=True, help="the k fold run folders")
-    _options.add(parser, "data_dir", "reports_dir")
-    parser.add_argument(
-        "--note", default=None, help="free text stored in the report (how the folds were run)"
-    )
+    _options.add(parser, "data_dir", "reports_dir", "note")
     args = parser.parse_args(argv)
     from covid_xray.data import DatasetNotFoundError
 

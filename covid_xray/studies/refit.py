@@ -17,7 +17,6 @@ reports/<model>/cv_refit.json with both recipes' per-image scores.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -67,14 +66,13 @@ def schedule(choices: Sequence[tuple[int, int]], leave_out: int | None = None) -
 
 def read_choices(runs: Sequence[str | os.PathLike], name: str = "davidnet") -> list[dict]:
     """Each fold run's {run, fold, kept, choice}, ordered by fold."""
-    from covid_xray.studies.oof_calibrate import _find
+    from covid_xray.studies.oof_calibrate import run_sidecar
 
     out = []
     for run in map(Path, runs):
-        path = _find(run, f"{name}.json", "ckpt")
-        if path is None:
+        meta = run_sidecar(run, name)
+        if meta is None:
             raise ValueError(f"{run} holds no {name}.json (is it a train.py run folder?).")
-        meta = json.loads(path.read_text())
         kept = meta.get("kept") or {}
         out.append(
             {
@@ -104,11 +102,10 @@ def schedules(runs: Sequence[str | os.PathLike], name: str = "davidnet") -> dict
 
 def check_candidates(candidate_runs: Sequence[str | os.PathLike], plan: dict, name: str = "davidnet") -> None:
     """Each candidate fold ran with --refit for the schedule the rule gives it (else ValueError)."""
-    from covid_xray.studies.oof_calibrate import _find
+    from covid_xray.studies.oof_calibrate import run_sidecar
 
     for run in map(Path, candidate_runs):
-        path = _find(run, f"{name}.json", "ckpt")
-        meta = json.loads(path.read_text()) if path else {}
+        meta = run_sidecar(run, name) or {}
         cfg = meta.get("config") or {}
         fold = cfg.get("cv_fold")
         want = plan["per_fold"].get(fold)
@@ -162,17 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=config.REFIT_COMMAND, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("schedule", help="the train.py epochs the reference folds choose")
-    _options.add(s, "model")
-    s.add_argument("--reference", nargs="+", required=True, help="fold runs of the shipped recipe")
+    _options.add(s, "model", "reference")
     s.add_argument(
         "--fold", type=int, default=None, help="the schedule for this fold's refit run (else all of train)"
     )
     p = sub.add_parser("compare", help="paired out-of-fold comparison of the refit folds with the reference")
-    _options.add(p, "model")
-    p.add_argument("--reference", nargs="+", required=True, help="fold runs of the shipped recipe")
+    _options.add(p, "model", "reference")
     p.add_argument("--candidate", nargs="+", required=True, help="the --refit fold runs")
-    _options.add(p, "data_dir", "reports_dir")
-    p.add_argument("--note", default=None, help="free text stored in the report (how the folds were run)")
+    _options.add(p, "data_dir", "reports_dir", "note")
     args = parser.parse_args(argv)
     try:
         if args.command == "schedule":

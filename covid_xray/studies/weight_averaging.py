@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -57,7 +56,7 @@ def oof_scores(
     Returns {"n", "accuracy", "log_loss", "errors", "folds": [{run, kept, epochs_run}], "seeds":
     {seed: {"per_image": {file: (log loss, correct)}}}}.
     """
-    from covid_xray.studies.oof_calibrate import _find, read_oof_predictions
+    from covid_xray.studies.oof_calibrate import read_oof_predictions, run_sidecar
 
     files, probs, labels = read_oof_predictions(runs, expected_files)
     p_true = np.clip(probs[np.arange(len(labels)), labels], LOSS_FLOOR, 1.0)
@@ -65,8 +64,7 @@ def oof_scores(
     correct = probs.argmax(axis=1) == labels
     folds, seeds = [], set()
     for run in map(Path, runs):
-        path = _find(run, f"{name}.json", "ckpt")
-        meta = json.loads(path.read_text()) if path else {}
+        meta = run_sidecar(run, name) or {}
         kept = meta.get("kept", {})
         seeds.add((meta.get("config") or {}).get("seed"))
         folds.append(
@@ -167,13 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=config.WEIGHT_AVERAGING_COMMAND, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("compare", help="paired out-of-fold comparison of two recipes' fold runs")
-    _options.add(p, "model")
-    p.add_argument("--reference", nargs="+", required=True, help="fold runs of the shipped recipe")
+    _options.add(p, "model", "reference")
     p.add_argument("--candidate", nargs="+", required=True, help="fold runs of the recipe tried")
     p.add_argument("--candidate-name", default="weight averaging", help="what the candidate is, in words")
     p.add_argument("--candidate-flags", default="", help="train.py flags the candidate adds")
-    _options.add(p, "data_dir", "reports_dir")
-    p.add_argument("--note", default=None, help="free text stored in the report (how the folds were run)")
+    _options.add(p, "data_dir", "reports_dir", "note")
     args = parser.parse_args(argv)
     try:
         report = compare(
