@@ -68,6 +68,7 @@ REPEATS = {
     "latency": (60, 10),
     "latency_secondary": (30, 6),  # Grad-CAM++, probabilities only, OOD check
     "scorecam": (5, 2),
+    "predict_many": (None, 8),  # images per list (None: the whole test split), per worker count
     "naive": (5, 2),
     "naive_reused": (3, 1),
     "http": (30, 8),
@@ -101,6 +102,8 @@ IDLE_CPU_SHARE = 0.2
 IDLE_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 120
 ALPHA = 0.4
+# `Predictor.predict_many`: worker counts timed side by side (the command line uses PREDICT_WORKERS).
+PREDICT_MANY_WORKERS = (1, 2, 4)
 # CheXNet feature extraction: batch sizes timed side by side.
 FEATURE_BATCH_SIZES = (16, 32, 64)
 SYNTHETIC_NOTE = "synthetic weights (same graph, same cost)"
@@ -127,9 +130,11 @@ COMMANDS = "fresh processes: imports and the command line (median of several run
 # Every row the table prints, in order (the smoke test checks that all of them appear).
 ROWS: tuple[RowSpec, ...] = (
     RowSpec("startup_davidnet_load", STARTUP, "DavidNet: load checkpoint"),
-    RowSpec("startup_davidnet_trace", STARTUP, "DavidNet: trace + first run"),
+    RowSpec("startup_davidnet_trace", STARTUP, "DavidNet: forward pass, trace + first run"),
+    RowSpec("startup_davidnet_gradcam_trace", STARTUP, "DavidNet: Grad-CAM, trace + first run"),
     RowSpec("startup_chexnet_load", STARTUP, "CheXNet: load checkpoint"),
-    RowSpec("startup_chexnet_trace", STARTUP, "CheXNet: trace + first run"),
+    RowSpec("startup_chexnet_trace", STARTUP, "CheXNet: forward pass, trace + first run"),
+    RowSpec("startup_chexnet_gradcam_trace", STARTUP, "CheXNet: Grad-CAM, trace + first run"),
     RowSpec("startup_scorecam_davidnet", STARTUP, "DavidNet Score-CAM: first use"),
     RowSpec("startup_scorecam_chexnet", STARTUP, "CheXNet Score-CAM: first use"),
     RowSpec("davidnet_gradcam", PREDICT, "DavidNet + Grad-CAM", "p50 <= 40 ms"),
@@ -138,6 +143,7 @@ ROWS: tuple[RowSpec, ...] = (
     RowSpec("both_gradcam++", PREDICT, "both + Grad-CAM++", "<= 2x Grad-CAM"),
     RowSpec("both_none", PREDICT, "both, probabilities only (API path)", "p50 <= 75 ms"),
     RowSpec("input_check", PREDICT, "of which: OOD input check"),  # features from the explainer pass
+    RowSpec("both_none_many", PREDICT, "both, probabilities only, a list (predict_many) by workers"),
     RowSpec("davidnet_scorecam", PREDICT, "DavidNet + Score-CAM", "p50 < 1 s"),
     RowSpec("chexnet_scorecam", PREDICT, "CheXNet + Score-CAM", "p50 < 1 s"),
     RowSpec("naive_davidnet", NAIVE, "DavidNet + Grad-CAM"),
@@ -359,6 +365,25 @@ def measure_predict(predictor_factory, images: ImageCycle, method, repeats: int)
     return {"seconds": [wall for wall, _ in runs], "cpu_seconds": [cpu for _, cpu in runs]}
 
 
+def measure_predict_many(results: Results, predictor_factory, images: ImageCycle, count: int | None) -> None:
+    """Images/s of `Predictor.predict_many` (probabilities only, what the command line runs) with
+    1, 2 and 4 workers, each on a fresh predictor (empty cache) over the same images."""
+    if not hasattr(predictor_factory(), "predict_many"):
+        results.set("both_none_many", "none in this version")
+        return
+    paths = images.paths[:count]
+    rates = {}
+    for workers in PREDICT_MANY_WORKERS:
+        predictor = predictor_factory()
+        list(predictor.predict_many(images.paths[-WARM_UP:], method=None, workers=workers))
+        seconds, answers = timed(list, predictor.predict_many(paths, method=None, workers=workers))
+        if any(error is not None for _, _, error in answers):
+            raise BenchmarkError("predict_many refused a test image")
+        rates[workers] = len(paths) / seconds
+    text = ", ".join(f"{w}: {r:.1f}/s" for w, r in rates.items())
+    results.set("both_none_many", f"{text} ({len(paths)} images)", images_per_s=rates)
+
+
 def measure_input_check(results: Results, predictor, images: ImageCycle, repeats: int) -> None:
     """The share of a request spent on "is this a chest X-ray?" (the OOD guard), when there is one."""
     from covid_xray import preprocessing
@@ -398,8 +423,11 @@ def bench_serving(results: Results, folders: dict[str, Path], images: ImageCycle
     for name in config.MODELS:
         seconds, loaded[name] = timed(load_model, name, folders["both"])
         results.set(f"startup_{name}_load", f"{seconds:.2f} s", seconds=seconds)
-        seconds, _ = timed(loaded[name].explainer.warm_up, WARM_UP_METHODS)
+        # As `Predictor.load` does: the forward pass (the model serves from then on), then Grad-CAM.
+        seconds, _ = timed(loaded[name].explainer.warm_up, ())
         results.set(f"startup_{name}_trace", f"{seconds:.2f} s", seconds=seconds)
+        seconds, _ = timed(loaded[name].explainer.warm_up, WARM_UP_METHODS)
+        results.set(f"startup_{name}_gradcam_trace", f"{seconds:.2f} s", seconds=seconds)
 
     def factory(*names):
         missing = {n: "left out of this measurement" for n in config.MODELS if n not in names}
@@ -423,6 +451,7 @@ def bench_serving(results: Results, folders: dict[str, Path], images: ImageCycle
     )
     results.latency("both_none", **measure_predict(factory(*both), images, None, n), max_p50_ms=75)
     measure_input_check(results, factory(*both)(), images, n)
+    measure_predict_many(results, factory(*both), images, REPEATS["predict_many"][pick])
 
     for name in config.MODELS:
         # The first Score-CAM request traces its compiled function (not done at start-up).
