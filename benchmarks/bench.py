@@ -1082,24 +1082,29 @@ def bench_commands(results: Results, folders: dict[str, Path], images: ImageCycl
     # The folder's own rate: the test split as one folder (past EAGER_MAX_IMAGES, so compiled), timed
     # from the moment the command printed its SKIP_LINES-th answer to its last: start-up, tracing
     # and the first images left out.
+    # The reference beside it: the same command with one image in flight (`--workers 1`).
+    count, skip = len(images.paths), FOLDER_SKIP_LINES
     folder = Path(tempfile.mkdtemp(prefix="covid-xray-bench-folder-"))
     try:
         for i, path in enumerate(images.paths):  # links: the test split as one folder
             (folder / f"{i:03d}{path.suffix}").symlink_to(path)
-        total, lines = _line_seconds([*command, str(folder)], env)
+        runs = {}
+        for label, extra in (("default", []), ("one", ["--workers", "1"])):
+            total, lines = _line_seconds([*command, *extra, str(folder)], env)
+            if len(lines) != count:
+                raise BenchmarkError(f"predict printed {len(lines)} lines for {count} files")
+            runs[label] = (total, lines, (count - skip) / max(lines[-1] - lines[skip - 1], 1e-9))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    count = len(images.paths)
-    if len(lines) != count:
-        raise BenchmarkError(f"predict printed {len(lines)} lines for {count} files")
-    skip = FOLDER_SKIP_LINES
-    rate = (count - skip) / max(lines[-1] - lines[skip - 1], 1e-9)
+    total, lines, rate = runs["default"]
+    one = runs["one"][2]
     results.set(
         "predict_folder",
-        f"{rate:.1f} images/s after start-up (answers {skip + 1} to {count} of {count} files; "
-        f"{total:.1f} s in all, {count / total:.1f}/s overall)",
+        f"{rate:.1f} images/s after start-up (answers {skip + 1} to {count}; {one:.1f}/s with --workers 1 "
+        f"= {rate / one:.2f}x; {total:.1f} s in all)",
         rate >= 20.0,
         images_per_s=rate,
+        one_worker_images_per_s=one,
         overall_images_per_s=count / total,
         seconds=total,
         line_seconds=lines,

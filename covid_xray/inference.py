@@ -56,8 +56,9 @@ WARM_UP_METHODS: tuple[str, ...] = ("gradcam",)
 EXPLANATION_CACHE_SIZE = 64
 # Images in flight at once in `Predictor.predict_many` (the command line's folders): on 2 vCPUs a
 # batch-1 forward pass leaves cores idle between its small operations, and two images at a time
-# fill them (CheXNet ~36 -> ~24 ms per image here); each image still runs alone through the same
-# compiled function, so every result is the one `predict` gives (tests/test_inference.py).
+# fill them (benchmarks/bench.py times the command's folder rate with 1 and 2); each image still
+# runs alone through the same compiled function, so every result is the one `predict` gives
+# (tests/test_inference.py).
 PREDICT_WORKERS = 2
 # Human names of the explanation methods (`explain.SERVED_METHODS`), in the order the UI offers them.
 METHOD_DISPLAY_NAMES: dict[str, str] = {

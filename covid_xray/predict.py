@@ -5,7 +5,8 @@ shape as the app's `predict` API); a folder stands for the image files in it and
 (sorted). A file that is not a usable image gets a one-line message and the exit status is 1;
 the other files are still processed. Models load once; without `--heatmap-dir` each image costs
 one forward pass per model (no gradients). A few images run eagerly, more through the compiled
-functions (`EAGER_MAX_IMAGES`); two images are in flight at once (`Predictor.predict_many`).
+functions (`EAGER_MAX_IMAGES`); two images are in flight at once (`Predictor.predict_many`,
+`--workers`).
 """
 
 from __future__ import annotations
@@ -80,7 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint-dir", default=None, help="default: $COVID_XRAY_CHECKPOINT_DIR, else checkpoints/"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="images in flight at once (default 2: each still runs alone through the models, same results)",
+    )
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
     with hidden_modules(KERAS_OPTIONAL_MODULES):
@@ -107,12 +116,13 @@ def running_eagerly(eager: bool):
 
 def _predict_all(args, inputs: list[str]) -> int:
     """Print every input's prediction (the API's JSON with --json); 1 when any input was refused."""
-    from covid_xray.inference import Predictor
+    from covid_xray.inference import PREDICT_WORKERS, Predictor
 
     predictor = Predictor.from_checkpoints(args.checkpoint_dir, warm_up=False)
     method = "gradcam" if args.heatmap_dir else None
+    workers = PREDICT_WORKERS if args.workers is None else args.workers
     status = 0
-    for name, result, exc in predictor.predict_many(inputs, method=method):
+    for name, result, exc in predictor.predict_many(inputs, method=method, workers=workers):
         if exc is not None:
             status = 1
             message, reason = _input_error(name, exc)

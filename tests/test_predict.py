@@ -182,3 +182,11 @@ def test_command_imports_only_what_it_needs(data_dir, checkpoint_dir_davidnet, t
     assert written.shape == expected.shape
     # Another process may differ by float round-off (thread counts): one level at most.
     assert np.abs(written.astype(int) - expected).max() <= 1
+
+
+def test_workers_below_one_are_refused(tmp_path, capsys):
+    from covid_xray.predict import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--workers", "0", str(tmp_path / "a.png")])
+    assert info.value.code == 2 and "--workers must be at least 1" in capsys.readouterr().err
