@@ -31,7 +31,8 @@ VIEWPORT = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
-# Chromium's own warning when a test sets a file input (seen with a bare gr.File app too).
+# Gradio's own frontend (6.31): the stub `close()` of its fetch-based event stream warns this when
+# an event's stream ends (every upload; seen with a bare gr.File app too). Nothing the app can change.
 CONSOLE_NOISE = ("Method not implemented.",)
 
 
